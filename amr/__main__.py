@@ -1,0 +1,3 @@
+from amr.cli import main
+
+main()

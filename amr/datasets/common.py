@@ -1,0 +1,230 @@
+"""What every dataset reader shares: reporting bad rows, reading CSV and JSONL
+files, and normalising splits, metadata and captions to the `amr.items` contract.
+
+A reader parses one row at a time; a row-level problem raises RowError, and
+`Problems` turns it into ``"<file>:<line>: <problem>"``, raised as AmrError
+(strict) or handed to a skip handler (lenient) while the row is dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+
+from amr.errors import AmrError
+from amr.items import METADATA_FIELDS, SPLITS
+
+T = TypeVar("T")
+SkipHandler = Callable[[str], None]
+
+# Clotho calls its training split "development"; "dev" alone usually means validation.
+SPLIT_SYNONYMS = {
+    "train": "train",
+    "training": "train",
+    "development": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "eval": "test",
+    "evaluation": "test",
+}
+LIST_FIELDS = ("keywords", "tags")
+LIST_SEPARATOR = ";"
+
+_stderr = Console(stderr=True)
+
+
+class RowError(Exception):
+    """A problem with one row; whoever catches it knows the file and line."""
+
+
+def warn_skipped(message: str) -> None:
+    """The default skip handler: one line on stderr."""
+    _stderr.print(f"[yellow]skipped[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class Problems:
+    """Where readers send bad rows. Strict (the default) raises AmrError on the
+    first one; lenient hands each message to ``on_skip`` and the row is dropped."""
+
+    def __init__(self, lenient: bool = False, on_skip: SkipHandler | None = None) -> None:
+        self.lenient = lenient
+        self.on_skip = on_skip or warn_skipped
+
+    def report(self, where: str, what: str) -> None:
+        message = f"{where}: {what}"
+        if not self.lenient:
+            raise AmrError(message)
+        self.on_skip(message)
+
+    def attempt(self, where: str, parse: Callable[..., T], *args: Any) -> T | None:
+        """``parse(*args)``, or None after reporting its RowError at ``where``."""
+        try:
+            return parse(*args)
+        except RowError as e:
+            self.report(where, str(e))
+            return None
+
+
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (BOM or not), else Windows-1252, else Latin-1:
+    some real Clotho metadata files were saved by Windows tools."""
+    data = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def read_csv(path: Path, required: Sequence[str], problems: Problems) -> Iterator[tuple[int, dict[str, str]]]:
+    """(first line of the record, {column: stripped value}) per non-blank row.
+    A missing required column fails the whole file; a row with the wrong number
+    of fields is reported and skipped."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in required if name not in header]
+        if missing:
+            found = ", ".join(header) or "nothing"
+            raise AmrError(f"{path}:1: missing column {', '.join(missing)} (the header has {found})")
+        next_line = reader.line_num + 1
+        for row in reader:
+            line, next_line = next_line, reader.line_num + 1
+            if not any(field.strip() for field in row):
+                continue
+            if len(row) != len(header):
+                problems.report(f"{path}:{line}", f"expected {len(header)} fields, found {len(row)}")
+                continue
+            yield line, {name: value.strip() for name, value in zip(header, row)}
+    except csv.Error as e:
+        raise AmrError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+
+
+def read_jsonl(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line; bad lines are reported."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
+            continue
+        record = problems.attempt(f"{path}:{number}", _json_object, raw)
+        if record is not None:
+            yield number, record
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RowError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RowError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise RowError(f"expected a JSON object, found {json_type(value)}")
+    return value
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def required_text(record: dict[str, Any], key: str) -> str:
+    """A required, non-blank string field, as written."""
+    if key not in record:
+        raise RowError(f"missing {key!r}")
+    value = record[key]
+    if not isinstance(value, str):
+        raise RowError(f"{key!r} must be a string, found {json_type(value)}")
+    if not value.strip():
+        raise RowError(f"{key!r} is empty")
+    return value
+
+
+def normalise_split(value: object) -> str:
+    """One of SPLITS, from the name or a common synonym (case-insensitive)."""
+    if not isinstance(value, str):
+        raise RowError(f"'split' must be a string, found {json_type(value)}")
+    split = SPLIT_SYNONYMS.get(value.strip().lower())
+    if split is None:
+        synonyms = ", ".join(name for name in SPLIT_SYNONYMS if name not in SPLITS)
+        raise RowError(f"unknown split {value!r} (use {', '.join(SPLITS)}, or one of {synonyms})")
+    return split
+
+
+def normalise_metadata(raw: object) -> dict[str, str | list[str]]:
+    """Metadata with only METADATA_FIELDS: keywords/tags as lists of strings
+    (a ``;``-separated string is split), title/description as strings; empty
+    values are dropped, so a clip without metadata gets ``{}``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RowError(f"'metadata' must be an object, found {json_type(raw)}")
+    unknown = [name for name in raw if name not in METADATA_FIELDS]
+    if unknown:
+        raise RowError(f"unknown metadata field {', '.join(map(repr, unknown))} (known: {', '.join(METADATA_FIELDS)})")
+    metadata: dict[str, str | list[str]] = {}
+    for name in METADATA_FIELDS:
+        value = raw.get(name)
+        if value is None:
+            continue
+        normal = text_list(value, f"metadata.{name}") if name in LIST_FIELDS else text_value(value, f"metadata.{name}")
+        if normal:
+            metadata[name] = normal
+    return metadata
+
+
+def text_list(value: object, what: str) -> list[str]:
+    """Distinct non-blank stripped strings, in order, from a list or a ``;``-separated string."""
+    if isinstance(value, str):
+        parts: Iterable[str] = value.split(LIST_SEPARATOR)
+    elif isinstance(value, list) and all(isinstance(part, str) for part in value):
+        parts = value
+    else:
+        raise RowError(f"'{what}' must be a list of strings or a ';'-separated string, found {json_type(value)}")
+    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+def text_value(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"'{what}' must be a string, found {json_type(value)}")
+    return value.strip()
+
+
+def normalise_captions(value: object) -> list[str]:
+    """Non-blank stripped captions, in order (duplicates kept: each is a query)."""
+    if value is None:
+        return []
+    if not (isinstance(value, list) and all(isinstance(caption, str) for caption in value)):
+        raise RowError(f"'captions' must be a list of strings, found {json_type(value)}")
+    return [caption.strip() for caption in value if caption.strip()]
+
+
+def existing_file(root: Path, relative: str) -> str:
+    """The absolute, normalised path of an audio file under ``root`` (or an absolute path)."""
+    path = Path(os.path.normpath(root / relative))
+    if not path.is_file():
+        raise RowError(f"audio file not found: {path}")
+    return str(path)

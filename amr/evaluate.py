@@ -1,0 +1,454 @@
+"""`amr evaluate`: text-to-audio retrieval metrics of models on a dataset split,
+as the Clotho and AudioCaps benchmarks (DCASE task 6b / 8) define them.
+
+The protocol:
+
+* **Items**: the items of one split (or all) of the caches given, in cache
+  order (the caches in the order given, each in storage order), or the items
+  of an index (its row order). Every query ranks all of them.
+* **Queries**: by default one per caption of those items, relevant to exactly
+  its clip (`amr.items.caption_queries`: all five captions of a Clotho clip are
+  queries); or explicit queries with lists of relevant ids (``queries.jsonl``),
+  of which those whose ``split`` names another split are left out. A query
+  whose relevant items are not all among the evaluated items is an error that
+  names it: a relevant item that cannot be ranked is never a silent zero.
+* **Metrics**: R@1, R@5, R@10 and mAP@10 of `amr.metrics` (one relevant item:
+  R@K = [rank <= K], AP@10 = 1/rank if rank <= 10; several: R@K = share of the
+  relevant items in the top K, AP@10 = sum of precision@k at their ranks k <= 10
+  over min(|relevant|, 10)), averaged over queries.
+* **Ties**: an item ranks above every item with the same score that comes
+  after it in the item order above, for every model alike.
+* **Several models**: the models of one fusion mode are taken as runs of one
+  configuration (e.g. three seeds); each such group of two or more distinct
+  models (by fingerprint: a checkpoint and an index built with it count once)
+  gets a mean and a sample standard deviation (n - 1) per metric. Zero-shot
+  models and baselines are never averaged.
+* **Breakdown** (``by``): each query gets a value, and every metric is also
+  averaged over the queries of each value (each still ranks all items).
+  ``split`` is the query's split (else its relevant items'); ``has_metadata``
+  and ``has_<field>`` (keywords, tags, title, description) say whether its
+  relevant items have any metadata / that field: ``yes``, ``no``, or ``mixed``
+  when a query's relevant items differ.
+
+Models are *scorers*: anything that turns the items and the query texts into
+a (queries, items) score matrix: a retriever (item and query vectors, inner
+product), an existing index (its stored vectors and the query encoder of the
+model that built it; always searched exactly), or a baseline (`amr.baselines`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from amr.cache import EmbeddingCache, open_caches
+from amr.errors import AmrError
+from amr.index import ENCODE_BATCH, Index, Retriever, load_retriever
+from amr.items import METADATA_FIELDS, SPLITS, Item, Query, caption_queries
+from amr.metrics import DEFAULT_KS, Metrics, QueryResult, rank_items, retrieval_metrics
+
+ALL = "all"  # the split value that evaluates every item
+CURVE_KS = tuple(range(1, 51))  # recall@K of the plot
+TOP_STORED = 10  # best items per query kept for the per-query JSON
+BY_FIELDS = ("split", "has_metadata", *(f"has_{name}" for name in METADATA_FIELDS))
+NOT_AVERAGED = ("zero-shot",)  # deterministic models: never runs of one configuration
+TIES = "an item ranks above every item with the same score that comes after it in the item order"
+_RANK_BLOCK = 1 << 22  # scores ranked at once, bounding the temporaries
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Collection:
+    """The evaluated items in ranking order, and for each cache the rows of
+    its items that are evaluated (empty when the items come from an index)."""
+
+    items: list[Item]
+    split: str
+    source: str  # what the items were read from, for messages
+    parts: list[tuple[EmbeddingCache, list[int]]] = field(default_factory=list)
+
+
+class Scorer(Protocol):
+    name: str  # the row of the table
+    kind: str  # "checkpoint", "index", "bm25", ...
+    fusion: str | None  # models of one fusion mode are averaged as runs; None never
+    fingerprint: str | None  # identifies the model: one model is one run, however often it is evaluated
+
+    def score(self, collection: Collection, texts: list[str]) -> np.ndarray:
+        """(len(texts), len(collection.items)) scores, higher is better."""
+        ...
+
+
+@contextmanager
+def open_collection(cache_paths: Sequence[Path], split: str = "test") -> Iterator[Collection]:
+    """The items of ``split`` (or ``all``) in the caches, which stay open meanwhile."""
+    _check_split(split)
+    caches = open_caches(cache_paths)
+    try:
+        parts = [(c, [i for i, item in enumerate(c.items) if split in (ALL, item.split)]) for c in caches]
+        items = [cache.items[i] for cache, rows in parts for i in rows]
+        yield _checked(Collection(items, split, ", ".join(str(p) for p in cache_paths), parts))
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+def index_collection(index: Index, split: str = "test") -> Collection:
+    """The items of ``split`` (or ``all``) in an index, for evaluating indexes without their caches."""
+    _check_split(split)
+    items = [item for item in map(index.item, range(len(index))) if split in (ALL, item.split)]
+    return _checked(Collection(items, split, str(index.path)))
+
+
+def _check_split(split: str) -> None:
+    if split != ALL and split not in SPLITS:
+        raise AmrError(f"unknown split {split!r}: use {', '.join(SPLITS)} or {ALL}")
+
+
+def _checked(collection: Collection) -> Collection:
+    if not collection.items:
+        raise AmrError(f"{collection.source}: no items in split {collection.split}")
+    seen: set[str] = set()
+    for item in collection.items:
+        if item.id in seen:
+            raise AmrError(f"{collection.source}: item id {item.id!r} occurs more than once; evaluate the caches separately")
+        seen.add(item.id)
+    return collection
+
+
+class RetrieverScorer:
+    """A model that encodes items and queries (a checkpoint): score = inner product."""
+
+    def __init__(self, name: str, retriever: Retriever, kind: str = "checkpoint"):
+        self.name, self.kind, self.retriever = name, kind, retriever
+        self.fusion: str | None = retriever.fusion
+        self.fingerprint: str | None = retriever.fingerprint
+
+    def score(self, collection: Collection, texts: list[str]) -> np.ndarray:
+        if not collection.parts:
+            raise AmrError(f"{self.name}: a model needs the embedding caches of the items (--cache), not {collection.source}")
+        total = sum(len(rows) for _, rows in collection.parts)
+        blocks = []
+        bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+        with bar:
+            task = bar.add_task(f"{self.name}: items", total=total)
+            for cache, rows in collection.parts:
+                for start in range(0, len(rows), ENCODE_BATCH):
+                    blocks.append(self.retriever.encode_items(cache, rows[start : start + ENCODE_BATCH]))
+                    bar.advance(task, len(blocks[-1]))
+        items = np.concatenate(blocks)
+        return self.retriever.encode_queries(texts) @ items.T
+
+
+class IndexScorer:
+    """An existing index: its stored item vectors, queries encoded by the model
+    that built it (exact inner products; an approximate sidecar is not used)."""
+
+    kind = "index"
+
+    def __init__(self, name: str, index: Index):
+        self.name, self.index = name, index
+        self.retriever = load_retriever(index.header.retriever)
+        index.header.require_retriever(self.retriever, index.path)
+        self.fusion: str | None = index.header.fusion
+        self.fingerprint: str | None = index.header.fingerprint
+
+    def score(self, collection: Collection, texts: list[str]) -> np.ndarray:
+        row_of = {item_id: row for row, item_id in enumerate(self.index.ids())}
+        missing = [item.id for item in collection.items if item.id not in row_of]
+        if missing:
+            raise AmrError(
+                f"{self.index.path}: lacks {len(missing)} of the {len(collection.items)} evaluated items "
+                f"({_some(missing)}); index them (amr index --append) or evaluate without --cache"
+            )
+        rows = [row_of[item.id] for item in collection.items]
+        return self.retriever.encode_queries(texts) @ np.asarray(self.index.vectors[rows]).T
+
+
+@dataclass
+class ModelResult:
+    name: str
+    kind: str
+    fusion: str | None
+    fingerprint: str | None
+    metrics: Metrics
+    ranks: list[list[int]]  # per query: the 1-based ranks of its relevant items, ascending
+    top: np.ndarray  # (queries, <= TOP_STORED) item positions, best first
+
+
+@dataclass
+class EvaluationReport:
+    collection: Collection
+    queries: list[Query]
+    results: list[ModelResult]
+    by: str | None = None
+    groups: list[str] | None = None  # per query: its value of ``by``
+
+    def summary(self) -> dict[str, Any]:
+        """Everything the table shows, as JSON-able data; metrics are fractions in [0, 1]."""
+        values = sorted(set(self.groups)) if self.groups is not None else []
+        subsets = {v: [q for q, g in enumerate(self.groups or []) if g == v] for v in values}
+        models = []
+        for r in self.results:
+            entry: dict[str, Any] = {"name": r.name, "kind": r.kind, "fusion": r.fusion, "fingerprint": r.fingerprint,
+                                     "metrics": _means(r.metrics.per_query)}
+            if self.by is not None:
+                entry["groups"] = {v: _means([r.metrics.per_query[q] for q in rows]) for v, rows in subsets.items()}
+            if set(CURVE_KS) <= set(r.metrics.recall):
+                entry["recall_curve"] = [r.metrics.recall[k] for k in CURVE_KS]
+            models.append(entry)
+        return {
+            "source": self.collection.source,
+            "split": self.collection.split,
+            "items": len(self.collection.items),
+            "queries": len(self.queries),
+            "ties": TIES,
+            "by": self.by,
+            "group_queries": {v: len(rows) for v, rows in subsets.items()} if self.by is not None else None,
+            "models": models,
+            "aggregates": _aggregates(models, values if self.by is not None else None),
+        }
+
+    def per_query(self) -> list[dict[str, Any]]:
+        """One record per (model, query): its relevant ids, their ranks, its metrics and the best items."""
+        ids = [item.id for item in self.collection.items]
+        records = []
+        for r in self.results:
+            for q, query in enumerate(self.queries):
+                result = r.metrics.per_query[q]
+                record: dict[str, Any] = {"model": r.name, "query": query.id, "text": query.text, "split": query.split,
+                                          "relevant": query.relevant, "ranks": r.ranks[q]}
+                if self.by is not None and self.groups is not None:
+                    record[self.by] = self.groups[q]
+                record.update(_values(result))
+                record["top"] = [ids[i] for i in r.top[q]]
+                records.append(record)
+        return records
+
+
+def evaluate(
+    scorers: Sequence[Scorer],
+    collection: Collection,
+    queries: Sequence[Query] | None = None,
+    by: str | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> EvaluationReport:
+    """Score every query against every item with each scorer and measure.
+
+    ``queries`` default to the captions of the items; explicit ones whose split
+    is another than the collection's are left out. ``ks`` adds recall cut-offs
+    to R@1, R@5, R@10 (CURVE_KS for a recall curve)."""
+    if by is not None and by not in BY_FIELDS:
+        raise AmrError(f"--by {by}: expected one of {', '.join(BY_FIELDS)}")
+    names = [s.name for s in scorers]
+    if len(set(names)) < len(names):
+        raise AmrError(f"two models are named alike ({', '.join(names)}); give each once")
+    if queries is None:
+        queries = caption_queries(collection.items)
+    else:
+        queries = _in_split(queries, collection.split)
+    if not queries:
+        raise AmrError(f"{collection.source}: no queries for split {collection.split} (no captions; give a queries.jsonl)")
+    relevant = relevant_indices(collection, queries)
+    groups = [group_of(by, q, [collection.items[i] for i in rel]) for q, rel in zip(queries, relevant)] if by else None
+    ks = sorted(set(DEFAULT_KS) | set(ks))
+    texts = [q.text for q in queries]
+    results = []
+    for scorer in scorers:
+        scores = scorer.score(collection, texts)
+        if scores.shape != (len(texts), len(collection.items)):
+            raise ValueError(f"{scorer.name}: scores of shape {scores.shape}, expected {(len(texts), len(collection.items))}")
+        ranks, top = _rankings(scores, relevant)
+        metrics = retrieval_metrics(scores, relevant, ks)
+        results.append(ModelResult(scorer.name, scorer.kind, scorer.fusion, scorer.fingerprint, metrics, ranks, top))
+    return EvaluationReport(collection, list(queries), results, by, groups)
+
+
+def _in_split(queries: Sequence[Query], split: str) -> list[Query]:
+    kept = [q for q in queries if split == ALL or q.split in (None, split)]
+    if len(kept) < len(queries):
+        console.print(f"left out {_count(len(queries) - len(kept), 'query', 'queries')} of other splits than {split}", highlight=False)
+    return kept
+
+
+def relevant_indices(collection: Collection, queries: Sequence[Query]) -> list[list[int]]:
+    """Each query's relevant ids as item positions; a query with a relevant id
+    that is not among the evaluated items is an AmrError naming it."""
+    position = {item.id: i for i, item in enumerate(collection.items)}
+    absent = [(q, [r for r in q.relevant if r not in position]) for q in queries]
+    absent = [(q, ids) for q, ids in absent if ids]
+    if absent:
+        named = "; ".join(f"{q.id!r} ({_some(ids, 3)})" for q, ids in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise AmrError(
+            f"{_count(len(absent), 'query has', 'queries have')} relevant items that are not among the {len(collection.items)} items of split "
+            f"{collection.split} in {collection.source}: {named}{more}"
+        )
+    return [[position[r] for r in q.relevant] for q in queries]
+
+
+def group_of(by: str, query: Query, relevant: Sequence[Item]) -> str:
+    """The breakdown value of a query (see the module docstring)."""
+    if by == "split":
+        return query.split or _agree({item.split for item in relevant})
+    field_name = by.removeprefix("has_")
+    present = {bool(item.metadata) if by == "has_metadata" else field_name in item.metadata for item in relevant}
+    return _agree({"yes" if p else "no" for p in present})
+
+
+def _agree(values: set[str]) -> str:
+    return values.pop() if len(values) == 1 else "mixed"
+
+
+def _rankings(scores: np.ndarray, relevant: list[list[int]]) -> tuple[list[list[int]], np.ndarray]:
+    """Ranks of the relevant items and the best items of each query, by
+    `amr.metrics.rank_items` (the same tie rule as the metrics)."""
+    ranks, tops = [], []
+    block = max(1, _RANK_BLOCK // scores.shape[1])
+    for start in range(0, len(scores), block):
+        order = rank_items(scores[start : start + block])
+        tops.append(order[:, :TOP_STORED])
+        for row, rel in zip(order, relevant[start : start + block]):
+            ranks.append((np.flatnonzero(np.isin(row, rel)) + 1).tolist())
+    return ranks, np.concatenate(tops)
+
+
+def _values(result: QueryResult) -> dict[str, float]:
+    return {**{f"R@{k}": result.recall[k] for k in DEFAULT_KS}, "AP@10": result.ap10}
+
+
+def _means(results: Sequence[QueryResult]) -> dict[str, float]:
+    """R@1, R@5, R@10 and mAP@10 averaged over some queries' results."""
+    means = {f"R@{k}": float(np.mean([r.recall[k] for r in results])) for k in DEFAULT_KS}
+    means["mAP@10"] = float(np.mean([r.ap10 for r in results]))
+    return means
+
+
+def _aggregates(models: list[dict[str, Any]], values: list[str] | None) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of every fusion mode with two or more distinct models."""
+    by_fusion: dict[str, dict[str, dict[str, Any]]] = {}
+    for model in models:
+        if model["fusion"] is not None and model["fusion"] not in NOT_AVERAGED:
+            by_fusion.setdefault(model["fusion"], {}).setdefault(model["fingerprint"] or model["name"], model)
+    aggregates = []
+    for fusion, distinct in by_fusion.items():
+        runs = list(distinct.values())
+        if len(runs) < 2:
+            continue
+        entry: dict[str, Any] = {"fusion": fusion, "models": [m["name"] for m in runs], **_spread([m["metrics"] for m in runs])}
+        if values is not None:
+            entry["groups"] = {v: _spread([m["groups"][v] for m in runs]) for v in values}
+        aggregates.append(entry)
+    return aggregates
+
+
+def _spread(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {
+        "mean": {name: float(np.mean([r[name] for r in runs])) for name in runs[0]},
+        "std": {name: float(np.std([r[name] for r in runs], ddof=1)) for name in runs[0]},
+    }
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _some(ids: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(map(repr, ids[:shown])) + more
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def model_names(paths: Sequence[Path]) -> list[str]:
+    """Short distinct names for checkpoints and indexes: the directory name or
+    the file stem, with as many parent folders as it takes to tell them apart."""
+    parts = [Path(p).resolve().with_suffix("").parts if Path(p).is_file() else Path(p).resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            return names
+        grown = [d + 1 if n in clashes and d < len(p) else d for n, p, d in zip(names, parts, depth)]
+        if grown == depth:
+            raise AmrError(f"{', '.join(sorted(clashes))}: given more than once")
+        depth = grown
+
+
+def render_table(summary: dict[str, Any]) -> Table:
+    """The summary as the paper reports it: percent, two decimals; runs as mean ± std."""
+    by = summary["by"]
+    table = Table(
+        title=f"text-to-audio retrieval, split {summary['split']}: {summary['items']} items, "
+        f"{summary['queries']} queries (%)",
+        title_justify="left",
+    )
+    for column in ("model", "fusion", *([by] if by else []), "queries", "R@1", "R@5", "R@10", "mAP@10"):
+        table.add_column(column, justify="left" if column in ("model", "fusion", by) else "right")
+    values = list(summary["group_queries"] or {})
+
+    def rows(name: str, fusion: str, overall: Any, groups: dict[str, Any] | None, cell) -> None:
+        lead = [name, fusion] + (["all"] if by else [])
+        table.add_row(*lead, str(summary["queries"]), *cell(overall))
+        for v in values if groups is not None else []:
+            table.add_row("", "", v, str(summary["group_queries"][v]), *cell(groups[v]))
+
+    def plain(metrics: dict[str, float]) -> list[str]:
+        return [f"{100 * x:.2f}" for x in metrics.values()]
+
+    def spread(s: dict[str, dict[str, float]]) -> list[str]:
+        return [f"{100 * m:.2f} ± {100 * s['std'][k]:.2f}" for k, m in s["mean"].items()]
+
+    for model in summary["models"]:
+        rows(model["name"], model["fusion"] or model["kind"], model["metrics"], model.get("groups"), plain)
+    for i, agg in enumerate(summary["aggregates"]):
+        if i == 0:
+            table.add_section()
+        rows(f"mean ± std ({len(agg['models'])} runs)", agg["fusion"], agg, agg.get("groups"), spread)
+    return table
+
+
+def plot_recall(report: EvaluationReport, path: Path) -> None:
+    """Recall@K for K = 1..50 (up to the number of items), one curve per model, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ks = [k for k in CURVE_KS if k <= len(report.collection.items)]
+    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for r in report.results:
+        if not set(ks) <= set(r.metrics.recall):
+            raise ValueError("evaluate with ks=CURVE_KS to plot recall curves")
+        axes.plot(ks, [100 * r.metrics.recall[k] for k in ks], label=r.name)
+    axes.set(xlabel="K", ylabel="recall@K (%)", ylim=(0, 100), xlim=(1, ks[-1]),
+             title=f"text-to-audio, split {report.collection.split}: {len(report.collection.items)} items, {len(report.queries)} queries")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as e:
+        raise AmrError(f"{path}: cannot write the plot ({e.strerror or e})") from e
+
+
+def write_per_query(report: EvaluationReport, path: Path) -> None:
+    """``{"summary": ..., "per_query": [...]}`` as JSON."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"summary": report.summary(), "per_query": report.per_query()}, f, ensure_ascii=False)
+            f.write("\n")
+    except OSError as e:
+        raise AmrError(f"{path}: cannot write the per-query results ({e.strerror or e})") from e

@@ -1,0 +1,349 @@
+"""`amr query`: rank an index's items for text queries or example clips.
+
+The index and its retriever are loaded once (a `Searcher`); queries stream
+through `run_queries` in batches (one encoder call and one search per batch)
+and come out as `Result` records in input order, or as a `Failure` for a
+query that could not be run. Writing them (jsonl, tsv, table) is separate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from itertools import count, islice
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from amr.errors import AmrError
+from amr.index import Index, Retriever, checkpoint_spec, explain, load_retriever, machine_tags, open_index, search
+from amr.text import normalize_text
+
+QUERY_BATCH = 64
+
+
+class Format(str, Enum):
+    jsonl = "jsonl"
+    tsv = "tsv"
+    table = "table"
+
+
+@dataclass(frozen=True)
+class QueryInput:
+    """One query: a text, or (``example`` set) a clip to find similar clips to."""
+
+    id: str
+    text: str  # the query text; for an example, the file as given
+    example: Path | None = None
+
+
+@dataclass
+class Result:
+    """One ranked item for one query; ``record()`` is its jsonl form."""
+
+    query: str
+    query_id: str
+    rank: int
+    score: float
+    id: str
+    audio: str
+    metadata: dict[str, Any]
+    explain: dict[str, float] | None = None  # segment name → its share of the score
+    tags: list[tuple[str, float]] | None = None  # the clip's machine tags, with --explain
+
+    def record(self) -> dict[str, Any]:
+        record = asdict(self)
+        for optional in ("explain", "tags"):
+            if record[optional] is None:
+                del record[optional]
+        return record
+
+
+@dataclass
+class Failure:
+    """A query that produced no results, and why."""
+
+    query: str
+    query_id: str
+    error: str
+
+
+@dataclass
+class Searcher:
+    """An index and the retriever that encodes queries for it, loaded once."""
+
+    index: Index
+    retriever: Retriever
+    audio_weights: Path | None = None  # local file of the audio model, for queries by example
+    _embedder: ClipEmbedder | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index.header.require_retriever(self.retriever, self.index.path)
+
+    def embedder(self) -> ClipEmbedder:
+        """The audio model of the index's caches, loaded on the first query by example."""
+        if self._embedder is None:
+            self._embedder = ClipEmbedder.for_index(self.index, self.audio_weights)
+        return self._embedder
+
+
+def open_searcher(index_path: Path, checkpoint: Path | None = None, audio_weights: Path | None = None) -> Searcher:
+    """The index and the retriever it records, or the checkpoint given (which
+    must be the one the index was built with)."""
+    index = open_index(index_path)
+    spec = checkpoint_spec(checkpoint) if checkpoint is not None else index.header.retriever
+    return Searcher(index, load_retriever(spec), audio_weights)
+
+
+def run_queries(
+    searcher: Searcher,
+    queries: Iterable[QueryInput | Failure],
+    top: int = 10,
+    *,
+    explain_scores: bool = False,
+    exact: bool = False,
+    batch_size: int = QUERY_BATCH,
+) -> Iterator[Result | Failure]:
+    """The ``top`` results of each query, best first, queries in input order.
+
+    Queries are encoded and searched ``batch_size`` at a time. A Failure in
+    the input (an unreadable line) passes through; a query that cannot be run
+    (no words, an undecodable clip) becomes one."""
+    stream = iter(queries)
+    while batch := list(islice(stream, batch_size)):
+        yield from _run_batch(searcher, batch, top, explain_scores, exact)
+
+
+def _run_batch(
+    searcher: Searcher, batch: list[QueryInput | Failure], top: int, explain_scores: bool, exact: bool
+) -> Iterator[Result | Failure]:
+    failures: dict[int, Failure] = {}
+    sequences: dict[int, np.ndarray] = {}
+    for i, q in enumerate(batch):
+        if isinstance(q, Failure):
+            failures[i] = q
+        elif q.example is not None:
+            embedder = searcher.embedder()  # a model that cannot be loaded fails the run, not the query
+            try:
+                sequences[i] = embedder.embed(q.example)
+            except AmrError as e:
+                failures[i] = Failure(q.text, q.id, str(e))
+        elif not normalize_text(q.text):
+            failures[i] = Failure(q.text, q.id, "the query has no words")
+    texts = [i for i in range(len(batch)) if i not in failures and i not in sequences]
+    index = searcher.index
+    vectors = np.zeros((len(batch), index.header.dim), np.float32)
+    if texts:
+        vectors[texts] = searcher.retriever.encode_queries([batch[i].text for i in texts])
+    if sequences:
+        vectors[list(sequences)] = searcher.retriever.encode_examples(list(sequences.values()))
+    runnable = sorted(texts + list(sequences))
+    rows, scores = search(index, vectors[runnable], top, exact) if runnable else (None, None)
+    position = {i: n for n, i in enumerate(runnable)}
+    for i, q in enumerate(batch):
+        if i in failures:
+            yield failures[i]
+            continue
+        found = [(int(r), float(s)) for r, s in zip(rows[position[i]], scores[position[i]]) if r >= 0]
+        for rank, (row, score) in enumerate(found, start=1):
+            item = index.item(row)
+            yield Result(
+                query=q.text,
+                query_id=q.id,
+                rank=rank,
+                score=round(score, 6),
+                id=item.id,
+                audio=item.audio,
+                metadata=item.metadata,
+                explain={k: round(v, 6) for k, v in explain(index, vectors[i], row).items()} if explain_scores else None,
+                tags=machine_tags(index, row) if explain_scores else None,
+            )
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+def gather_queries(args: Sequence[str], examples: Sequence[Path], stdin: IO[str]) -> Iterator[QueryInput | Failure]:
+    """Queries in order: each argument (``-`` stands for stdin's lines), then
+    each example clip, numbered from 1. A stdin line is a plain text,
+    ``ID<TAB>TEXT``, or a JSON object with "text" and optionally "id" (an
+    amr.items.Query line); blank lines are skipped. Read lazily, so a pipe
+    streams."""
+    number = count(1)
+    for arg in args:
+        if arg != "-":
+            yield QueryInput(str(next(number)), arg)
+            continue
+        for line in stdin:
+            if line.strip():
+                yield _parse_line(line.rstrip("\r\n"), str(next(number)))
+    for path in examples:
+        yield QueryInput(str(next(number)), str(path), example=Path(path))
+
+
+def _parse_line(line: str, number: str) -> QueryInput | Failure:
+    if line.lstrip().startswith("{"):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            return Failure(line, number, f"not valid JSON ({e})")
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            return Failure(line, number, 'a JSON query needs a "text" string')
+        return QueryInput(str(obj.get("id", number)), obj["text"])
+    if "\t" in line:
+        query_id, text = line.split("\t", 1)
+        return QueryInput(query_id, text)
+    return QueryInput(number, line)
+
+
+# --- query by example ---------------------------------------------------------------------
+
+
+class ClipEmbedder:
+    """Audio files → frame-embedding sequences, as `amr extract` computed
+    them for the index's caches (same decoding, front end and audio model)."""
+
+    def __init__(self, model: Any):
+        from amr import audio
+
+        self.model = model
+        self.front_end = audio.MelFrontEnd()
+
+    @classmethod
+    def for_index(cls, index: Index, weights_path: Path | None) -> ClipEmbedder:
+        """The audio model the index records, refused if its weights differ."""
+        from amr.weights import load_audio_model, resolve_weights
+
+        info = index.header.audio
+        weights = resolve_weights(info.audio_model, weights_path)
+        if weights.sha256 != info.weights_sha256:
+            raise AmrError(
+                f"{index.path}: was built from {info.audio_model} embeddings with weights sha256 "
+                f"{info.weights_sha256[:12]}, the weights found have {weights.sha256[:12]}; "
+                "pass the original weights file with --audio-weights"
+            )
+        return cls(load_audio_model(weights))
+
+    def embed(self, path: Path) -> np.ndarray:
+        """(T, C) float32 frames of the clip: each 10 s window on its own,
+        padded with the log-mel of silence exactly as `amr extract` pads it."""
+        import torch
+
+        from amr import audio
+        from amr.extract import MODEL_STRIDE, PAD_MULTIPLE, SILENCE
+
+        sequences = []
+        with torch.inference_mode():
+            for window in audio.iter_windows(Path(path)):
+                mel = self.front_end(torch.from_numpy(window)[None])
+                frames = mel.shape[-1]
+                padded = torch.full((1, 1, mel.shape[2], -(-frames // PAD_MULTIPLE) * PAD_MULTIPLE), SILENCE)
+                padded[..., :frames] = mel
+                embedded, _ = self.model(padded)
+                sequences.append(embedded[0, : -(-frames // MODEL_STRIDE)].numpy())
+        return np.concatenate(sequences)
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def default_format(stdout: IO[str]) -> Format:
+    """A table for a person at a terminal, jsonl for a pipe."""
+    return Format.table if stdout.isatty() else Format.jsonl
+
+
+class JsonlWriter:
+    def __init__(self, out: IO[str]):
+        self.out = out
+
+    def write(self, result: Result) -> None:
+        self.out.write(json.dumps(result.record(), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class TsvWriter:
+    """A header, then one line per result; metadata and tags as JSON; tabs,
+    newlines and backslashes in fields escaped as \\t, \\n, \\\\."""
+
+    def __init__(self, out: IO[str], segments: Sequence[str] | None):
+        self.out, self.segments = out, segments
+        columns = ["query_id", "query", "rank", "score", "id", "audio", "metadata"]
+        if segments is not None:
+            columns += [f"explain_{name}" for name in segments] + ["tags"]
+        self._line(columns)
+
+    def write(self, r: Result) -> None:
+        fields = [r.query_id, r.query, str(r.rank), f"{r.score:.6f}", r.id, r.audio, _json(r.metadata)]
+        if self.segments is not None:
+            fields += [f"{(r.explain or {}).get(name, 0.0):.6f}" for name in self.segments] + [_json(r.tags)]
+        self._line(fields)
+
+    def _line(self, fields: list[str]) -> None:
+        self.out.write("\t".join(_escape(f) for f in fields) + "\n")
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class TableWriter:
+    """One rich table per query, printed when the query's results are complete."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.rows: list[Result] = []
+
+    def write(self, result: Result) -> None:
+        if self.rows and self.rows[-1].query_id != result.query_id:
+            self._flush()
+        self.rows.append(result)
+
+    def close(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        first = self.rows[0]
+        table = Table(title=f"[{first.query_id}] {first.query}", title_justify="left")
+        for column in ("rank", "score", "id", "audio", "metadata"):
+            table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+        segments = list(first.explain or {})
+        for name in segments:
+            table.add_column(name, justify="right")
+        if first.tags is not None:
+            table.add_column("machine tags")
+        for r in self.rows:
+            cells = [str(r.rank), f"{r.score:.3f}", r.id, r.audio, _compact(r.metadata)]
+            cells += [f"{(r.explain or {})[name]:+.3f}" for name in segments]
+            if r.tags is not None:
+                cells.append(", ".join(f"{name} {p:.2f}" for name, p in r.tags))
+            table.add_row(*cells)
+        self.console.print(table)
+        self.rows = []
+
+
+def make_writer(fmt: Format, out: IO[str], segments: Sequence[str] | None) -> JsonlWriter | TsvWriter | TableWriter:
+    """``segments`` (the index's) when explaining, else None."""
+    if fmt is Format.jsonl:
+        return JsonlWriter(out)
+    if fmt is Format.tsv:
+        return TsvWriter(out, segments)
+    return TableWriter(Console(file=out, highlight=False))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _escape(field: str) -> str:
+    return field.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _compact(metadata: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {' '.join(v) if isinstance(v, list) else v}" for k, v in metadata.items())

@@ -1,0 +1,82 @@
+"""Where stages leave their outputs so the next stage finds them without flags.
+
+``amr extract data/clotho`` writes ``<workspace>/caches/clotho.h5`` and records
+it as the latest cache; ``amr train`` reads the latest cache and records the
+latest checkpoint; ``amr index`` / ``amr query`` follow the same pointers. The
+workspace is ``./amr-workspace`` unless ``--workspace`` or ``$AMR_WORKSPACE``
+says otherwise. Every stage also takes its inputs as explicit paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from amr.errors import AmrError
+
+WORKSPACE_ENV = "AMR_WORKSPACE"
+DEFAULT_WORKSPACE = Path("amr-workspace")
+
+Kind = Literal["cache", "checkpoint", "index"]
+_HINT: dict[str, str] = {
+    "cache": "run `amr extract DATASET` first",
+    "checkpoint": "run `amr train` first",
+    "index": "run `amr index` first",
+}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, root: Path | None = None) -> Workspace:
+        """The workspace named by the flag, else the environment, else the default."""
+        if root is None:
+            root = Path(os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE)
+        return cls(root)
+
+    @property
+    def caches(self) -> Path:
+        return self.root / "caches"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def indexes(self) -> Path:
+        return self.root / "indexes"
+
+    @property
+    def _pointers(self) -> Path:
+        return self.root / "latest.json"
+
+    def _read_pointers(self) -> dict[str, str]:
+        if not self._pointers.exists():
+            return {}
+        try:
+            return json.loads(self._pointers.read_text())
+        except json.JSONDecodeError as e:
+            raise AmrError(f"{self._pointers}: not valid JSON ({e}); delete it and rerun the last stage") from e
+
+    def latest(self, kind: Kind) -> Path:
+        """The output the last run of a stage recorded, or a hint how to make one."""
+        path = self._read_pointers().get(kind)
+        if path is None:
+            raise AmrError(f"no {kind} in workspace {self.root}: {_HINT[kind]}, or name one explicitly")
+        resolved = Path(path)
+        if not resolved.exists():
+            raise AmrError(f"the latest {kind} recorded in {self._pointers} is gone: {resolved}")
+        return resolved
+
+    def set_latest(self, kind: Kind, path: Path) -> None:
+        pointers = self._read_pointers()
+        pointers[kind] = str(Path(path).resolve())
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self._pointers.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pointers, indent=2) + "\n")
+        tmp.replace(self._pointers)

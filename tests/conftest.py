@@ -1,0 +1,39 @@
+"""Shared fixtures: the real data and weights in ../shared, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AMR_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "data").is_dir():
+        raise RuntimeError(f"the shared data folder is missing: {SHARED} (set AMR_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def mn04_weights(shared: Path) -> Path:
+    return shared / "weights" / "mn04_as_mAP_432.pt"
+
+
+@pytest.fixture(scope="session")
+def text_encoder():
+    """The default text encoder (all-MiniLM-L6-v2), loaded once; tests must leave it in eval mode."""
+    from amr.text import TextEncoder
+
+    return TextEncoder()
+
+
+@pytest.fixture(scope="session")
+def mn04_model(mn04_weights: Path):
+    """The EfficientAT mn04 tagger in eval mode, loaded once per session; do not modify it."""
+    from amr.weights import load_audio_model, resolve_weights
+
+    return load_audio_model(resolve_weights("mn04_as", mn04_weights))

@@ -1,0 +1,327 @@
+"""The index: build, append, replace, refuse another model, exact and approximate search.
+
+A small fake Retriever (late fusion, a fixed random audio projection and a
+hashed bag-of-words text tower) over synthetic caches keeps these tests fast;
+tests/test_query.py reuses it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
+from amr.errors import AmrError
+from amr.index import (
+    RETRIEVER_KINDS,
+    TAGS_STORED,
+    build_index,
+    exact_search,
+    explain,
+    machine_tags,
+    open_index,
+    search,
+    sidecar_path,
+)
+from amr.items import Item, metadata_text
+from amr.mobilenet import audioset_class_names
+from amr.text import normalize_text
+
+C = 16  # frame embedding size of the fake caches
+D = 32  # size of each segment of the fake retriever
+
+
+def words(text: str) -> np.ndarray:
+    """Hashed bag of words, unit length (zero for no words)."""
+    v = np.zeros(D, np.float32)
+    for word in normalize_text(text).split():
+        h = zlib.crc32(word.encode())
+        v[h % D] += 1.0 if (h >> 16) & 1 else -1.0
+    n = np.linalg.norm(v)
+    return v / n if n else v
+
+
+class FakeRetriever:
+    """Late fusion exactly as the Retriever protocol defines it: item
+    [a; m] / |a + m|, query [q; q], example [a; 0]."""
+
+    fusion = "late"
+    segments = [("audio", D), ("metadata", D)]
+
+    def __init__(self, fingerprint: str = "fake-1", spec: dict | None = None):
+        self.fingerprint = fingerprint
+        self.spec = spec or {"kind": "fake", "fingerprint": fingerprint}
+        self.projection = np.random.default_rng(0).standard_normal((C, D)).astype(np.float32)
+        self.encoded: list[str] = []  # item ids, in the order encode_items saw them
+
+    def audio(self, sequence: np.ndarray) -> np.ndarray:
+        a = sequence.mean(0) @ self.projection
+        return a / np.linalg.norm(a)
+
+    def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
+        out = []
+        for i in indices:
+            a = self.audio(cache.sequence(i))
+            text = metadata_text(cache.items[i])
+            if text is None and auto_tags:
+                text = " ".join(audioset_class_names()[c] for c in np.argsort(-cache.tags[i])[:auto_tags])
+            m = words(text) if text else np.zeros(D, np.float32)
+            out.append(np.concatenate([a, m]) / np.linalg.norm(a + m))
+            self.encoded.append(cache.items[i].id)
+        return np.stack(out)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        q = np.stack([words(t) for t in texts])
+        return np.concatenate([q, q], axis=1)
+
+    def encode_examples(self, sequences: list[np.ndarray]) -> np.ndarray:
+        a = np.stack([self.audio(s) for s in sequences])
+        return np.concatenate([a, np.zeros_like(a)], axis=1)
+
+
+@pytest.fixture
+def fake_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let load_retriever rebuild fake retrievers from their spec."""
+    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec: FakeRetriever(spec["fingerprint"]))
+
+
+LIBRARY = [
+    Item("dog", "/sounds/dog.wav", "train", {"title": "dog barking in the rain"}),
+    Item("cat", "/sounds/cat.wav", "train", {"tags": ["cat", "meowing"]}),
+    Item("rain", "/sounds/rain.wav", "test", {"description": "heavy rain on a tin roof"}),
+    Item("engine", "/sounds/engine.wav", "test", {}),  # no metadata
+    Item("birds", "/sounds/birds.wav", "val", {"keywords": ["birds", "singing", "morning"]}),
+]
+MORE = [
+    Item("thunder", "/more/thunder.wav", "test", {"title": "thunder storm"}),
+    Item("dog", "/more/dog2.wav", "test", {"title": "small dog yapping"}),  # replaces "dog"
+]
+
+
+def make_cache(path: Path, items: list[Item], seed: int = 0, weights_sha256: str = "a" * 64) -> Path:
+    """A cache of random sequences (3 to 8 frames) and random tag probabilities."""
+    info = CacheInfo("mn04_as", weights_sha256, C, 527, 32000, 3.125, 10.0, 0)
+    rng = np.random.default_rng(seed)
+    clips = [
+        ClipEmbedding(item, rng.standard_normal((int(rng.integers(3, 9)), C)).astype(np.float32), rng.random(527).astype(np.float32))
+        for item in items
+    ]
+    write_cache(path, info, clips)
+    return path
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    return make_cache(tmp_path / "library.h5", LIBRARY)
+
+
+def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Path, tmp_path: Path) -> None:
+    retriever = FakeRetriever()
+    report = build_index(retriever, [library], tmp_path / "index.h5", progress=False)
+    assert (report.items, report.added, report.replaced, report.ann) == (5, 5, 0, None)
+    index = open_index(tmp_path / "index.h5")
+    assert index.ids() == [item.id for item in LIBRARY]
+    assert [index.item(r) for r in range(len(index))] == LIBRARY
+    with EmbeddingCache(library) as cache:
+        expected = retriever.encode_items(cache, range(len(cache)))
+        np.testing.assert_allclose(index.vectors, expected, rtol=1e-6)
+        top = np.argsort(-cache.tags, axis=1, kind="stable")[:, :TAGS_STORED]
+        np.testing.assert_array_equal(index.tags, top)
+        info = cache.info
+    header = index.header
+    assert (header.fingerprint, header.fusion, header.segments) == ("fake-1", "late", [("audio", D), ("metadata", D)])
+    assert header.retriever == {"kind": "fake", "fingerprint": "fake-1"}
+    assert header.audio == info  # what query by example needs to load the same audio model
+    assert header.sources == [str(library.resolve())]
+    assert isinstance(index.vectors, np.memmap)
+
+
+def test_an_item_without_metadata_gets_an_audio_only_vector(library: Path, tmp_path: Path) -> None:
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    index = open_index(tmp_path / "index.h5")
+    engine = index.vectors[3]
+    assert index.item(3).metadata == {}
+    np.testing.assert_allclose(np.linalg.norm(engine), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(engine[D:], 0)
+
+
+def test_auto_tags_give_items_without_metadata_their_machine_tags(library: Path, tmp_path: Path) -> None:
+    output = tmp_path / "index.h5"
+    build_index(FakeRetriever(), [library], output, auto_tags=3, progress=False)
+    index = open_index(output)
+    assert index.header.auto_tags == 3
+    assert np.linalg.norm(index.vectors[3][D:]) > 0  # "engine" has no metadata, but tags now
+    more = make_cache(tmp_path / "more.h5", MORE)
+    with pytest.raises(AmrError, match="auto tags 3, not 0"):
+        build_index(FakeRetriever(), [more], output, append=True, auto_tags=0, progress=False)
+    build_index(FakeRetriever(), [more], output, append=True, progress=False)
+    assert open_index(output).header.auto_tags == 3
+
+
+def test_split_selects_the_items_indexed(library: Path, tmp_path: Path) -> None:
+    report = build_index(FakeRetriever(), [library], tmp_path / "eval.h5", splits=["test"], progress=False)
+    assert report.items == 2
+    assert open_index(tmp_path / "eval.h5").ids() == ["rain", "engine"]
+    with pytest.raises(AmrError, match="no items in split"):
+        build_index(FakeRetriever(), [library], tmp_path / "none.h5", splits=["nope"], progress=False)
+
+
+def test_append_encodes_only_the_new_cache_and_a_repeated_id_replaces_the_old(library: Path, tmp_path: Path) -> None:
+    output = tmp_path / "index.h5"
+    build_index(FakeRetriever(), [library], output, progress=False)
+    before = open_index(output)
+    old_vectors = {item_id: before.vectors[r].copy() for r, item_id in enumerate(before.ids())}
+
+    retriever = FakeRetriever()
+    more = make_cache(tmp_path / "more.h5", MORE, seed=1)
+    report = build_index(retriever, [more], output, append=True, progress=False)
+    assert retriever.encoded == ["thunder", "dog"]  # nothing of the old index was encoded again
+    assert (report.items, report.added, report.replaced) == (6, 2, 1)
+    index = open_index(output)
+    ids = index.ids()
+    assert sorted(ids) == sorted(["dog", "cat", "rain", "engine", "birds", "thunder"])
+    for item_id in ("cat", "rain", "engine", "birds"):
+        np.testing.assert_array_equal(index.vectors[ids.index(item_id)], old_vectors[item_id])
+    dog = ids.index("dog")
+    assert index.item(dog).audio == "/more/dog2.wav"
+    assert not np.allclose(index.vectors[dog], old_vectors["dog"])
+    assert index.header.sources == [str(library.resolve()), str(more.resolve())]
+
+
+def test_append_refuses_an_index_of_another_checkpoint(library: Path, tmp_path: Path) -> None:
+    output = tmp_path / "index.h5"
+    build_index(FakeRetriever("fake-1"), [library], output, progress=False)
+    more = make_cache(tmp_path / "more.h5", MORE)
+    with pytest.raises(AmrError, match=r"built with .*fake-1.*not .*fake-2"):
+        build_index(FakeRetriever("fake-2"), [more], output, append=True, progress=False)
+    assert len(open_index(output)) == 5  # untouched
+
+
+def test_append_refuses_caches_of_another_audio_model(library: Path, tmp_path: Path) -> None:
+    output = tmp_path / "index.h5"
+    build_index(FakeRetriever(), [library], output, progress=False)
+    other = make_cache(tmp_path / "other.h5", MORE, weights_sha256="b" * 64)
+    with pytest.raises(AmrError, match="holds embeddings of"):
+        build_index(FakeRetriever(), [other], output, append=True, progress=False)
+
+
+def test_append_needs_an_existing_index(library: Path, tmp_path: Path) -> None:
+    with pytest.raises(AmrError, match="no index to append to"):
+        build_index(FakeRetriever(), [library], tmp_path / "missing.h5", append=True, progress=False)
+
+
+def test_a_file_that_is_not_an_index_is_refused(library: Path, tmp_path: Path) -> None:
+    with pytest.raises(AmrError, match="not an amr index"):
+        open_index(library)
+    with pytest.raises(AmrError, match="no such index file"):
+        open_index(tmp_path / "nothing.h5")
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    with h5py.File(tmp_path / "index.h5", "a") as f:
+        f.attrs["version"] = 99
+    with pytest.raises(AmrError, match="version 99"):
+        open_index(tmp_path / "index.h5")
+
+
+def test_exact_search_matches_brute_force_and_breaks_ties_by_row() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((1000, 8)).astype(np.float32)
+    vectors[500] = vectors[20]  # a tie
+    queries = np.concatenate([rng.standard_normal((4, 8)), vectors[20:21]]).astype(np.float32)
+    rows, scores = exact_search(vectors, queries, 7, block=128)  # several blocks
+    brute = queries @ vectors.T
+    for q in range(len(queries)):
+        expected = sorted(range(1000), key=lambda r: (-brute[q, r], r))[:7]
+        assert rows[q].tolist() == expected
+        np.testing.assert_allclose(scores[q], brute[q, expected], rtol=1e-5)
+    assert rows[4][:2].tolist() == [20, 500]
+
+
+def test_search_asks_no_more_than_the_index_holds(library: Path, tmp_path: Path) -> None:
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    index = open_index(tmp_path / "index.h5")
+    rows, scores = search(index, FakeRetriever().encode_queries(["dog barking"]), top=50)
+    assert rows.shape == (1, 5) and sorted(rows[0].tolist()) == list(range(5))
+    assert index.item(int(rows[0, 0])).id == "dog"
+    assert np.all(np.diff(scores[0]) <= 0)
+
+
+def test_explain_splits_the_score_into_audio_and_metadata(library: Path, tmp_path: Path) -> None:
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    index = open_index(tmp_path / "index.h5")
+    query = FakeRetriever().encode_queries(["dog barking in the rain"])
+    rows, scores = search(index, query, top=5)
+    for row, score in zip(rows[0], scores[0]):
+        parts = explain(index, query[0], int(row))
+        assert set(parts) == {"audio", "metadata"}
+        assert parts["audio"] + parts["metadata"] == pytest.approx(float(score), abs=1e-5)
+    dog = explain(index, query[0], 0)
+    assert dog["metadata"] > 0.5 > abs(dog["audio"])
+    assert explain(index, query[0], 3)["metadata"] == 0.0  # no metadata, no metadata share
+    tags = machine_tags(index, 0)
+    assert len(tags) == TAGS_STORED and all(isinstance(name, str) for name, _ in tags)
+    assert [p for _, p in tags] == sorted((p for _, p in tags), reverse=True)
+
+
+# --- approximate index ----------------------------------------------------------------------
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors around 50 random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim))
+    x = centres[rng.integers(0, 50, n)] + 0.6 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class VectorRetriever(FakeRetriever):
+    """Items get given vectors (by the number in their id): an index of any size without a model."""
+
+    def __init__(self, vectors: np.ndarray):
+        super().__init__()
+        self.vectors = vectors
+
+    def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
+        return self.vectors[[int(cache.items[i].id) for i in indices]]
+
+
+@pytest.fixture(scope="module")
+def big_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    items = [Item(str(i), f"/x/{i}.wav", "test") for i in range(4000)]
+    return make_cache(tmp_path_factory.mktemp("big") / "big.h5", items)
+
+
+def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, tmp_path: Path) -> None:
+    vectors = clustered(4200, 2 * D, seed=5)  # the last 100 are held-out queries
+    output = tmp_path / "big.h5"
+    report = build_index(VectorRetriever(vectors), [big_cache], output, ann=True, progress=False)
+    info = report.ann
+    assert info is not None and info.nlist == min(round(4 * np.sqrt(4000)), 4000 // 39) and info.recall_at_10 >= 0.97
+    index = open_index(output)
+    assert index.ann is not None and index.ann.nprobe == info.nprobe
+    queries = vectors[4100:]
+    approx, approx_scores = search(index, queries, 10)
+    exact, _ = search(index, queries, 10, exact=True)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.tolist(), exact.tolist())])
+    assert recall >= 0.9
+    # candidates are re-ranked by their exact scores: the same numbers exact search gives
+    np.testing.assert_allclose(approx_scores, np.einsum("qd,qkd->qk", queries, vectors[approx]), rtol=1e-5)
+    assert np.all(np.diff(approx_scores, axis=1) <= 0)
+
+    extra = make_cache(tmp_path / "extra.h5", [Item(str(i), f"/x/{i}.wav", "test") for i in range(4000, 4100)])
+    report = build_index(VectorRetriever(vectors), [extra], output, append=True, progress=False)
+    assert report.ann is not None and report.ann.token != info.token  # kept, and rebuilt over 4100 items
+    assert not sidecar_path(output, info).exists()
+    assert open_index(output).ann.ntotal == 4100
+    sidecar_path(output, report.ann).unlink()
+    with pytest.raises(AmrError, match="approximate index .* is missing"):
+        open_index(output)
+
+
+def test_small_indexes_are_exact_unless_asked(library: Path, tmp_path: Path) -> None:
+    report = build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    assert report.ann is None and open_index(tmp_path / "index.h5").ann is None
+    assert list(tmp_path.glob("*.faiss")) == []

@@ -1,0 +1,236 @@
+"""Queries: the Python API, the input and output formats, and `amr index` / `amr query` end to end.
+
+Uses the fake retriever and synthetic caches of tests/test_index.py; the
+checkpoint kind of retriever is faked by a file holding a fingerprint, so the
+CLI's path from index to the checkpoint it records is the real one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_index import LIBRARY, MORE, FakeRetriever, make_cache
+from typer.testing import CliRunner
+
+from amr.cli import app
+from amr.errors import AmrError
+from amr.index import RETRIEVER_KINDS, build_index, checkpoint_spec, open_index
+from amr.query import (
+    Failure,
+    Format,
+    QueryInput,
+    Result,
+    Searcher,
+    gather_queries,
+    make_writer,
+    open_searcher,
+    run_queries,
+)
+
+
+@pytest.fixture
+def checkpoints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Fake checkpoints: a file whose text is the model's fingerprint."""
+    monkeypatch.setitem(
+        RETRIEVER_KINDS, "checkpoint", lambda spec: FakeRetriever(Path(spec["path"]).read_text().strip(), spec)
+    )
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.ckpt").write_text(f"fake-{name}\n")
+    return folder
+
+
+def checkpoint_retriever(path: Path) -> FakeRetriever:
+    return FakeRetriever(path.read_text().strip(), checkpoint_spec(path))
+
+
+@pytest.fixture
+def searcher(tmp_path: Path, checkpoints: Path) -> Searcher:
+    library = make_cache(tmp_path / "library.h5", LIBRARY)
+    build_index(checkpoint_retriever(checkpoints / "a.ckpt"), [library], tmp_path / "index.h5", progress=False)
+    return open_searcher(tmp_path / "index.h5")
+
+
+def texts(*queries: str) -> list[QueryInput]:
+    return [QueryInput(str(n), q) for n, q in enumerate(queries, start=1)]
+
+
+def test_a_query_naming_a_clips_sound_ranks_it_first(searcher: Searcher) -> None:
+    results = list(run_queries(searcher, texts("dog barking", "rain on a roof", "cat meowing"), top=3))
+    assert all(isinstance(r, Result) for r in results)
+    firsts = {r.query: r.id for r in results if r.rank == 1}
+    assert firsts == {"dog barking": "dog", "rain on a roof": "rain", "cat meowing": "cat"}
+    assert [r.query_id for r in results] == ["1"] * 3 + ["2"] * 3 + ["3"] * 3  # input order kept
+    dog = results[0]
+    assert (dog.audio, dog.metadata) == ("/sounds/dog.wav", {"title": "dog barking in the rain"})
+    assert [r.rank for r in results[:3]] == [1, 2, 3]
+    assert dog.score >= results[1].score >= results[2].score
+
+
+def test_batches_give_the_same_results_as_one_query_at_a_time(searcher: Searcher) -> None:
+    queries = texts("dog barking", "birds in the morning", "engine", "heavy rain", "meow")
+    together = list(run_queries(searcher, queries, top=5, batch_size=64))
+    alone = list(run_queries(searcher, queries, top=5, batch_size=1))
+    assert [(r.query_id, r.id, r.score) for r in together] == [(r.query_id, r.id, r.score) for r in alone]
+
+
+def test_explain_adds_up_to_the_score_and_shows_machine_tags(searcher: Searcher) -> None:
+    results = list(run_queries(searcher, texts("dog barking in the rain"), top=5, explain_scores=True))
+    for r in results:
+        assert set(r.explain) == {"audio", "metadata"}
+        assert r.explain["audio"] + r.explain["metadata"] == pytest.approx(r.score, abs=1e-5)
+        assert len(r.tags) == 5
+    assert results[0].id == "dog" and results[0].explain["metadata"] > results[0].explain["audio"]
+    record = results[0].record()
+    assert set(record) == {"query", "query_id", "rank", "score", "id", "audio", "metadata", "explain", "tags"}
+    assert "explain" not in next(run_queries(searcher, texts("dog"), top=1)).record()
+
+
+def test_a_bad_query_fails_alone(searcher: Searcher) -> None:
+    inputs = [*texts("dog barking", "?!"), Failure("{oops", "3", "not valid JSON"), QueryInput("4", "cat meowing")]
+    outcomes = list(run_queries(searcher, inputs, top=1))
+    assert [type(o).__name__ for o in outcomes] == ["Result", "Failure", "Failure", "Result"]
+    assert outcomes[1].error == "the query has no words" and outcomes[1].query_id == "2"
+    assert outcomes[3].id == "cat"
+
+
+def test_a_searcher_refuses_a_checkpoint_the_index_was_not_built_with(searcher: Searcher, checkpoints: Path) -> None:
+    with pytest.raises(AmrError, match=r"built with checkpoint .*a\.ckpt .*not checkpoint .*b\.ckpt"):
+        open_searcher(searcher.index.path, checkpoint=checkpoints / "b.ckpt")
+    (checkpoints / "a.ckpt").write_text("fake-retrained\n")  # the recorded checkpoint changed since
+    with pytest.raises(AmrError, match="fingerprint fake-a"):
+        open_searcher(searcher.index.path)
+
+
+def test_gather_queries_numbers_arguments_and_stdin_lines() -> None:
+    stdin = io.StringIO('dog barking\n\nq7\tbirds at dawn\n{"id": "c1", "text": "a cat", "relevant": ["cat"]}\n{broken\n{"id": 3}\n')
+    got = list(gather_queries(["first", "-", "last"], [Path("clip.wav")], stdin))
+    assert got[:4] == [
+        QueryInput("1", "first"),
+        QueryInput("2", "dog barking"),
+        QueryInput("q7", "birds at dawn"),
+        QueryInput("c1", "a cat"),
+    ]
+    assert isinstance(got[4], Failure) and got[4].query_id == "5" and "not valid JSON" in got[4].error
+    assert isinstance(got[5], Failure) and '"text"' in got[5].error
+    assert got[6:] == [QueryInput("7", "last"), QueryInput("8", "clip.wav", example=Path("clip.wav"))]
+
+
+RESULT = Result("a\tb", "q1", 1, 0.5, "x\\y", "/a b.wav", {"title": "line\nbreak"}, {"audio": 0.2, "metadata": 0.3}, [("Dog", 0.9)])
+
+
+def test_jsonl_and_tsv_writers_round_trip() -> None:
+    out = io.StringIO()
+    writer = make_writer(Format.jsonl, out, None)
+    writer.write(RESULT)
+    writer.close()
+    assert json.loads(out.getvalue()) == {**RESULT.record(), "tags": [["Dog", 0.9]]}
+
+    out = io.StringIO()
+    writer = make_writer(Format.tsv, out, ["audio", "metadata"])
+    writer.write(RESULT)
+    header, line = out.getvalue().splitlines()
+    assert header.split("\t") == [
+        "query_id", "query", "rank", "score", "id", "audio", "metadata", "explain_audio", "explain_metadata", "tags",
+    ]
+    fields = line.split("\t")
+    assert fields[:6] == ["q1", "a\\tb", "1", "0.500000", "x\\\\y", "/a b.wav"]
+    assert fields[6] == '{"title": "line\\\\nbreak"}'  # the JSON's \n, escaped once more
+    assert fields[7:9] == ["0.200000", "0.300000"]
+
+
+def test_table_writer_prints_one_table_per_query() -> None:
+    out = io.StringIO()
+    writer = make_writer(Format.table, out, None)
+    writer.write(Result("dog barking", "1", 1, 0.9, "dog", "/d.wav", {"title": "dog"}))
+    writer.write(Result("rain", "2", 1, 0.8, "rain", "/r.wav", {}))
+    writer.close()
+    text = out.getvalue()
+    assert "[1] dog barking" in text and "[2] rain" in text and "/d.wav" in text
+
+
+# --- the CLI --------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, checkpoints: Path) -> Path:
+    """A workspace with a built index of LIBRARY (through `amr index`)."""
+    ws = tmp_path / "ws"
+    library = make_cache(tmp_path / "library.h5", LIBRARY)
+    result = runner.invoke(app, ["index", str(library), "-c", str(checkpoints / "a.ckpt"), "-w", str(ws)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["items"] == 5 and summary["ann"] is None
+    assert Path(summary["index"]) == ws / "indexes" / "library.h5"
+    return ws
+
+
+def jsonl(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_cli_query_prints_jsonl_to_a_pipe_from_the_latest_index(workspace: Path) -> None:
+    result = runner.invoke(app, ["query", "dog barking in rain", "--top", "3", "-w", str(workspace)])
+    assert result.exit_code == 0, result.stderr
+    records = jsonl(result.stdout)
+    assert [r["rank"] for r in records] == [1, 2, 3]
+    assert records[0] == {
+        "query": "dog barking in rain",
+        "query_id": "1",
+        "rank": 1,
+        "score": records[0]["score"],
+        "id": "dog",
+        "audio": "/sounds/dog.wav",
+        "metadata": {"title": "dog barking in the rain"},
+    }
+    assert result.stderr == ""
+
+
+def test_cli_queries_from_stdin_keep_their_ids_and_a_failure_sets_the_exit_code(workspace: Path) -> None:
+    stdin = "dog barking\nq-rain\train on a tin roof\n!!!\ncat meowing\n"
+    result = runner.invoke(app, ["query", "-", "--top", "2", "-w", str(workspace)], input=stdin)
+    assert result.exit_code == 3
+    records = jsonl(result.stdout)
+    assert [(r["query_id"], r["rank"]) for r in records] == [("1", 1), ("1", 2), ("q-rain", 1), ("q-rain", 2), ("4", 1), ("4", 2)]
+    assert {r["query_id"]: r["id"] for r in records if r["rank"] == 1} == {"1": "dog", "q-rain": "rain", "4": "cat"}
+    assert "query 3 ('!!!'): the query has no words" in result.stderr
+
+    # the output feeds a pipeline: its (query_id, query) pairs, fed back in, give the same records
+    lines = dict.fromkeys(f"{r['query_id']}\t{r['query']}" for r in records)
+    again = runner.invoke(app, ["query", "-", "--top", "2", "-w", str(workspace)], input="\n".join(lines) + "\n")
+    assert again.exit_code == 0 and jsonl(again.stdout) == records
+
+
+def test_cli_tsv_and_explain(workspace: Path) -> None:
+    result = runner.invoke(app, ["query", "birds singing", "-k", "1", "--format", "tsv", "--explain", "-w", str(workspace)])
+    assert result.exit_code == 0, result.stderr
+    header, line = result.stdout.splitlines()
+    row = dict(zip(header.split("\t"), line.split("\t")))
+    assert row["id"] == "birds" and row["query"] == "birds singing"
+    assert float(row["explain_audio"]) + float(row["explain_metadata"]) == pytest.approx(float(row["score"]), abs=1e-5)
+    assert len(json.loads(row["tags"])) == 5
+
+
+def test_cli_index_append_and_refusal(workspace: Path, checkpoints: Path, tmp_path: Path) -> None:
+    more = make_cache(tmp_path / "more.h5", MORE, seed=1)
+    refused = runner.invoke(app, ["index", str(more), "--append", "-c", str(checkpoints / "b.ckpt"), "-w", str(workspace)])
+    assert refused.exit_code == 1 and "fingerprint fake-a" in str(refused.exception)
+    result = runner.invoke(app, ["index", str(more), "--append", "--split", "test", "-w", str(workspace)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) | {"index": None} == {"index": None, "items": 6, "added": 2, "replaced": 1, "ann": None}
+    query = runner.invoke(app, ["query", "small dog yapping", "-k", "1", "-w", str(workspace)])
+    assert jsonl(query.stdout)[0]["audio"] == "/more/dog2.wav"
+
+
+def test_cli_query_without_queries_or_index_says_what_to_do(tmp_path: Path) -> None:
+    empty = runner.invoke(app, ["query", "-w", str(tmp_path)])
+    assert empty.exit_code == 1 and "no queries" in str(empty.exception)
+    missing = runner.invoke(app, ["query", "dog", "-w", str(tmp_path)])
+    assert missing.exit_code == 1 and "run `amr index` first" in str(missing.exception)

@@ -1,0 +1,244 @@
+"""Training: the pair and metadata rules, reproducibility, resuming, checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from amr import checkpoint
+from amr import train as train_module
+from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
+from amr.checkpoint import load_checkpoint
+from amr.cli import app
+from amr.errors import AmrError
+from amr.items import Item
+from amr.model import ModelConfig
+from amr.train import TrainConfig, _load_source, _plan_epoch, _training_pairs, _validation_metadata, configure, train
+
+WORDS = ["dog", "rain", "car", "bird", "door", "water", "engine", "bell"]
+DIM = 12
+TINY = dict(width=16, depth=1, heads=2, ff=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and are immune to a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_cache(path: Path, n: int = 48, views: int = 2, splits: tuple[str, ...] = ("train", "val"), model: str = "synthetic") -> Path:
+    """Clips whose frames carry their sound class, captions and keywords naming it;
+    every third clip has no metadata; every fifth is in the last split."""
+    rng = np.random.default_rng(0)
+    prototypes = np.random.default_rng(1).normal(size=(len(WORDS), DIM))
+    info = CacheInfo(model, "0" * 64, DIM, 527, 32000, 3.125, 10.0, views)
+    clips = []
+    for i in range(n):
+        c, t = i % len(WORDS), int(rng.integers(3, 12))
+        frames = prototypes[c] + rng.normal(size=(t, DIM))
+        augmented = frames[:, None] + 0.1 * rng.normal(size=(t, views, DIM)) if views else None
+        metadata = {"keywords": [WORDS[c], "sound"]} if i % 3 else {}
+        captions = [f"a {WORDS[c]} sound {k}" for k in range(3)]
+        item = Item(f"{path.stem}-{i}", f"/audio/{i}.wav", splits[-1] if i % 5 == 0 else splits[0], metadata, captions)
+        clips.append(ClipEmbedding(item, frames, rng.random(527), augmented))
+    write_cache(path, info, clips)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_cache(tmp_path_factory.mktemp("caches") / "sounds.h5")
+
+
+def configs(cache: Path, **given) -> tuple[ModelConfig, TrainConfig]:
+    return configure({"freeze_text": True, "epochs": 2, "caches": (str(cache),), **TINY, **given})
+
+
+def history(directory: Path) -> list[dict]:
+    keep = ("epoch", "loss", "lr", "val_map10", "val")
+    return [{k: r[k] for k in keep} for r in map(json.loads, (directory / "log.jsonl").read_text().splitlines())]
+
+
+def test_captions_as_metadata_never_pair_a_caption_with_itself(cache: Path) -> None:
+    model, training = configs(cache, metadata=("captions",))
+    with EmbeddingCache(cache) as c:
+        source = _load_source(c)
+        pairs = _training_pairs([source], model.metadata)
+        for epoch in range(3):
+            plan = _plan_epoch(pairs, model, training, epoch)
+            for p, text in enumerate(plan.metadata):
+                captions = pairs.clip_captions[pairs.pair_clip[p]]
+                assert text in captions and text != captions[pairs.pair_caption[p]]
+        item = c.items[source.val[0]]
+        for j, caption in enumerate(item.captions):
+            other = _validation_metadata(item, model, j)
+            assert other in item.captions and other != caption
+        single = replace(item, captions=["only one"])
+        assert _validation_metadata(single, model, 0) is None
+
+
+def test_metadata_dropout_drops_the_chosen_share_reproducibly(cache: Path) -> None:
+    with EmbeddingCache(cache) as c:
+        model, training = configs(cache)
+        pairs = _training_pairs([_load_source(c)], model.metadata)
+        with_metadata = sum(pairs.clip_metadata[i] is not None for i in pairs.pair_clip)
+        kept = {}
+        for p in (0.0, 0.5, 1.0):
+            plan = _plan_epoch(pairs, model, replace(training, metadata_dropout=p), 0)
+            kept[p] = sum(m is not None for m in plan.metadata)
+        again = _plan_epoch(pairs, model, replace(training, metadata_dropout=0.5), 0)
+        assert kept[0.0] == with_metadata > 0 and kept[1.0] == 0
+        assert 0.3 * with_metadata < kept[0.5] < 0.7 * with_metadata
+        assert sum(m is not None for m in again.metadata) == kept[0.5]
+
+
+def test_each_view_and_pair_order_is_drawn_per_epoch(cache: Path) -> None:
+    with EmbeddingCache(cache) as c:
+        model, training = configs(cache)
+        pairs = _training_pairs([_load_source(c)], model.metadata)
+        first, second = (_plan_epoch(pairs, model, training, e) for e in (0, 1))
+        assert len(pairs) == 3 * sum(1 for item in c.items if item.split == "train")
+        assert set(first.views) <= {0, 1} and not np.array_equal(first.order, second.order)
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(cache: Path, tmp_path: Path, text_encoder) -> None:
+    model, training = configs(cache, fusion="late")
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(tmp_path / name, model, replace(training, seed=seed), progress=False, text=text_encoder)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    assert history(tmp_path / "a") != history(tmp_path / "c")
+
+
+def test_resume_after_an_interruption_continues_identically(cache: Path, tmp_path: Path, text_encoder, monkeypatch) -> None:
+    model, training = configs(cache, fusion="mid", epochs=3, metadata_dropout=0.3)
+    train(tmp_path / "straight", model, training, progress=False, text=text_encoder)
+
+    run_epoch = train_module._run_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[6] == 1:  # the epoch argument: Ctrl-C during the second epoch
+            raise KeyboardInterrupt
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
+    with pytest.raises(AmrError, match="holds epoch 1: continue with `amr train --resume"):
+        train(tmp_path / "broken", model, training, progress=False, text=text_encoder)
+    assert len(history(tmp_path / "broken")) == 1
+    load_checkpoint(tmp_path / "broken", text=text_encoder)  # the completed epoch is usable
+    monkeypatch.undo()
+    result = train(tmp_path / "broken", model, training, resume=True, progress=False, text=text_encoder)
+    assert result.epochs == 3
+    assert history(tmp_path / "broken") == history(tmp_path / "straight")
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "broken" / "model.safetensors")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.parametrize("fusion", ["none", "metadata", "late", "mid"])
+def test_every_fusion_trains_and_loads_as_a_retriever(fusion: str, cache: Path, tmp_path: Path, text_encoder) -> None:
+    model, training = configs(cache, fusion=fusion, epochs=3)
+    result = train(tmp_path / "ck", model, training, progress=False, text=text_encoder)
+    assert result.best_map10 > 0.3  # chance is about 0.1 on this set
+    retriever = load_checkpoint(tmp_path / "ck", text=text_encoder)
+    assert retriever.fusion == fusion and retriever.spec == {"kind": "checkpoint", "path": str(tmp_path / "ck")}
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["best"]["epoch"] == result.best_epoch and config["audio"]["audio_model"] == "synthetic"
+    assert not any(k.startswith("text.") for k in load_file(tmp_path / "ck" / "model.safetensors"))
+    dim = sum(d for _, d in retriever.segments)
+    with EmbeddingCache(cache) as c:
+        val = [i for i, item in enumerate(c.items) if item.split == "val"]
+        items = retriever.encode_items(c, val)
+        queries = retriever.encode_queries([c.items[i].captions[0] for i in val])
+        assert items.shape == (len(val), dim) and queries.shape == (len(val), dim)
+        assert np.isfinite(items).all()
+        if fusion != "none":
+            tagged = retriever.encode_items(c, val, auto_tags=3)
+            bare = [k for k, i in enumerate(val) if not c.items[i].metadata]
+            assert bare and not np.allclose(tagged[bare], items[bare])
+            has = [k for k, i in enumerate(val) if c.items[i].metadata]
+            np.testing.assert_allclose(tagged[has], items[has], atol=1e-6)
+        if fusion == "metadata":
+            with pytest.raises(AmrError, match="cannot search by audio example"):
+                retriever.encode_examples([c.sequence(0)])
+        else:
+            assert retriever.encode_examples([c.sequence(0)]).shape == (1, dim)
+
+
+def test_fine_tuning_trains_and_stores_the_text_encoder(cache: Path, tmp_path: Path, text_encoder) -> None:
+    model, training = configure(
+        {"epochs": 1, "caches": (str(cache),), "fusion": "late", "separate_text_encoders": True, "batch_size": 48, **TINY}
+    )
+    before = {k: v.clone() for k, v in text_encoder.state_dict().items()}
+    train(tmp_path / "ck", model, training, progress=False, text=text_encoder)
+    assert all(torch.equal(before[k], v) for k, v in text_encoder.state_dict().items())  # the caller's copy untouched
+    stored = load_file(tmp_path / "ck" / "model.safetensors")
+    changed = [k for k in before if not torch.equal(stored["text." + k], before[k])]
+    assert changed and any(k.startswith("separate_text.") for k in stored)
+    retriever = load_checkpoint(tmp_path / "ck", text=text_encoder)
+    tuned = retriever.model.text.state_dict()
+    assert all(torch.equal(tuned[k], stored["text." + k]) for k in before)
+
+
+def test_a_cache_without_val_split_holds_out_a_fixed_tenth(tmp_path: Path, text_encoder) -> None:
+    path = synthetic_cache(tmp_path / "train-only.h5", n=60, views=0, splits=("train",))
+    with EmbeddingCache(path) as c:
+        first, second = _load_source(c), _load_source(c)
+        assert first.val == second.val and 0 < len(first.val) < 20 and not set(first.val) & set(first.train)
+    model, training = configs(path, epochs=1)
+    assert train(tmp_path / "ck", model, training, progress=False, text=text_encoder).best_epoch == 1
+
+
+def test_combined_caches_and_refusals(cache: Path, tmp_path: Path, text_encoder) -> None:
+    other = synthetic_cache(tmp_path / "other.h5", n=30, views=0)
+    model, training = configs(cache, epochs=1)
+    result = train(tmp_path / "ck", model, replace(training, caches=(str(cache), str(other))), progress=False, text=text_encoder)
+    assert set(history(tmp_path / "ck")[0]["val"]) == {str(cache), str(other)}
+    with pytest.raises(AmrError, match="already holds a checkpoint"):
+        train(tmp_path / "ck", model, training, progress=False, text=text_encoder)
+    with pytest.raises(AmrError, match="cannot resume with other options: fusion 'mid'"):
+        train(tmp_path / "ck", replace(model, fusion="mid"), training, resume=True, progress=False, text=text_encoder)
+    foreign = synthetic_cache(tmp_path / "foreign.h5", n=10, views=0, model="another")
+    retriever = load_checkpoint(result.checkpoint, text=text_encoder)
+    with EmbeddingCache(foreign) as c, pytest.raises(AmrError, match="holds embeddings of another .*trained on synthetic"):
+        retriever.encode_items(c, [0])
+    test_only = synthetic_cache(tmp_path / "test-only.h5", n=10, views=0, splits=("test",))
+    with pytest.raises(AmrError, match="no train-split items"):
+        train(tmp_path / "ck2", *configs(test_only), progress=False, text=text_encoder)
+
+
+def test_a_different_text_encoder_is_refused(cache: Path, tmp_path: Path, text_encoder) -> None:
+    train(tmp_path / "ck", *configs(cache, epochs=1, fusion="metadata"), progress=False, text=text_encoder)
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["text"]["fingerprint"] = "f" * 64
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AmrError, match="fingerprint ffffffffffff"):
+        load_checkpoint(tmp_path / "ck", text=text_encoder)
+    with pytest.raises(AmrError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_cli_trains_records_the_checkpoint_and_prints_a_summary(cache: Path, tmp_path: Path, text_encoder, monkeypatch) -> None:
+    monkeypatch.setattr(checkpoint, "TextEncoder", lambda name: text_encoder)  # skip reloading it
+    runner = CliRunner()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "latest.json").write_text(json.dumps({"cache": str(cache)}))
+    args = ["train", "--fusion", "none", "--freeze-text", "--epochs", "1", "--width", "16", "--heads", "2", "-w", str(ws)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(summary["checkpoint"]).parent == ws / "checkpoints" and summary["best_epoch"] == 1
+    assert json.loads((ws / "latest.json").read_text())["checkpoint"] == summary["checkpoint"]
+    again = runner.invoke(app, ["train", "--resume", "-o", summary["checkpoint"], "--epochs", "2", "-w", str(ws)])
+    assert again.exit_code == 1 and "cannot resume with other options: epochs 2 (was 1)" in str(again.exception)
+    assert runner.invoke(app, ["train", "--resume", "-w", str(ws)]).exit_code == 1
