@@ -232,7 +232,8 @@ class TrainedRetriever:
     def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
         """(n, dim) vectors of the cache's items ``indices``. With ``auto_tags``
         K > 0 an item without metadata gets its clip's K most probable AudioSet
-        classes as keywords instead."""
+        classes as keywords instead. A model trained with captions as metadata
+        takes an item's first caption as its metadata."""
         self.require_audio(cache)
         config = self.model.config
         if auto_tags and not config.uses_metadata:

@@ -97,7 +97,7 @@ def train(
     metadata_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Drop an item's metadata with this probability (default: 0).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: 25).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2, help="Pairs per batch (default: 32).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new layers (default: 2e-4).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new layers (default: 5e-4).")] = None,
     text_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text encoder (default: 2e-5).")] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(min=0, help="Linear warm-up epochs before the cosine decay (default: 1).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="NT-Xent temperature (default: 0.05).")] = None,
@@ -160,7 +160,7 @@ def index(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Index file (default: with --append the workspace's latest index, else <workspace>/indexes/<cache>.h5).")] = None,
     split: Annotated[Optional[list[str]], typer.Option("--split", "-s", help="Index only items of this split (repeatable) (default: all splits).")] = None,
     append: Annotated[bool, typer.Option(help="Add to an existing index without re-encoding it; an id indexed again replaces the old vector.")] = False,
-    ann: Annotated[Optional[bool], typer.Option("--ann/--no-ann", help="Also build an approximate FAISS index (default: above 100000 items).")] = None,
+    ann: Annotated[Optional[bool], typer.Option("--ann/--no-ann", help="Also build an approximate FAISS index (default: above 50000 items).")] = None,
     auto_tags: Annotated[Optional[int], typer.Option(min=0, help="Give items without metadata their clip's K most probable AudioSet tags as metadata (default: 0; with --append the index's).")] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -216,6 +216,8 @@ def query(
 
     Exit code 0 when every query ran; 3 when some failed (each reported on
     stderr; the others still produce results); 1 when nothing could run."""
+    import os
+
     import torch
 
     from amr.query import Failure, Format, default_format, gather_queries, make_writer, open_searcher, run_queries
@@ -231,13 +233,17 @@ def query(
     writer = make_writer(Format(fmt) if fmt else default_format(sys.stdout), sys.stdout, segments)
     failed = 0
     inputs = gather_queries(queries or [], audio or [], sys.stdin)
-    for outcome in run_queries(searcher, inputs, top, explain_scores=explain, exact=exact):
-        if isinstance(outcome, Failure):
-            failed += 1
-            stderr.print(f"[bold red]error:[/] query {outcome.query_id} ({outcome.query!r}): {outcome.error}", highlight=False, soft_wrap=True)
-        else:
-            writer.write(outcome)
-    writer.close()
+    try:
+        for outcome in run_queries(searcher, inputs, top, explain_scores=explain, exact=exact):
+            if isinstance(outcome, Failure):
+                failed += 1
+                stderr.print(f"[bold red]error:[/] query {outcome.query_id} ({outcome.query!r}): {outcome.error}", highlight=False, soft_wrap=True)
+            else:
+                writer.write(outcome)
+        writer.close()
+    except BrokenPipeError:  # the reader stopped early (`| head`): stop quietly, as a killed pipe writer would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
     if failed:
         raise typer.Exit(3)
 

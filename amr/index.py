@@ -21,6 +21,8 @@ File layout (format ``amr-index``, version 1), one HDF5 file::
     ids            (N,)     utf-8 item ids
     items          (B,)     uint8: the items as utf-8 JSON (amr.items.Item), concatenated;
     item_offsets   (N+1,)   int64: item i is items[item_offsets[i]:item_offsets[i+1]]
+    segment_norms  (N, S)   float32: each vector's norm in each segment (cosines within a
+                            segment: query by example compares audio with audio)
     tags           (N, K)   int16: the K most probable AudioSet classes of the clip, best first
     tag_probs      (N, K)   float16: their probabilities
 
@@ -62,11 +64,13 @@ from amr.items import Item
 FORMAT = "amr-index"
 VERSION = 1
 TAGS_STORED = 5  # machine tags kept per item, for --explain
-# Above this many items an exact search (one matrix product) takes more than
-# about 20 ms per query on two cores (bench/query.py), so `amr index` builds an
-# approximate index unless told otherwise.
-EXACT_LIMIT = 100_000
+# Above this many items an exact search (one matrix product over N x 512
+# float32) takes more than about 10 ms per query on two cores, half the 20 ms
+# a query may take end to end (bench/query.py: ~24 ms at 1e5 items), so
+# `amr index` builds an approximate index unless told otherwise.
+EXACT_LIMIT = 50_000
 ENCODE_BATCH = 512  # items per Retriever.encode_items call
+_TINY = 1e-12  # floor of a norm that divides
 RERANK = 4  # candidates per result the approximate index proposes for exact re-ranking
 RECALL_TARGET = 0.97  # recall@10 the nprobe of an approximate index is chosen for
 NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # tried in order
@@ -179,12 +183,16 @@ class Index:
     def __init__(self, path: Path):
         self.path = Path(path)
         with _open(self.path) as f:
+            missing = [name for name in _DATASETS if name not in f]
+            if missing:
+                raise AmrError(f"{self.path}: dataset(s) {', '.join(missing)} missing; rebuild the index")
             self.header = _header_from_attrs(self.path, f)
             ann = str(f.attrs["ann"])
             n = f["vectors"].shape[0]
             self.vectors = _memmap(self.path, f["vectors"])
             self.tags = _memmap(self.path, f["tags"])
             self.tag_probs = _memmap(self.path, f["tag_probs"])
+            self.segment_norms = _memmap(self.path, f["segment_norms"])
             self._items = _memmap(self.path, f["items"])
             self._item_offsets = _memmap(self.path, f["item_offsets"])
         if self.vectors.shape != (n, self.header.dim):
@@ -201,6 +209,17 @@ class Index:
         start, end = int(self._item_offsets[row]), int(self._item_offsets[row + 1])
         return Item(**json.loads(self._items[start:end].tobytes()))
 
+    def segment(self, name: str | None) -> tuple[slice, np.ndarray | None]:
+        """The columns of segment ``name`` and the rows' norms in it; all columns and no norms for None."""
+        if name is None:
+            return slice(None), None
+        start = 0
+        for s, (segment, dim) in enumerate(self.header.segments):
+            if segment == name:
+                return slice(start, start + dim), self.segment_norms[:, s]
+            start += dim
+        raise AmrError(f"{self.path}: has no {name} segment (fusion {self.header.fusion}: segments {self.header.segments})")
+
     def ids(self) -> list[str]:
         with h5py.File(self.path, "r") as f:
             return list(f["ids"].asstr()[:])
@@ -210,41 +229,64 @@ def open_index(path: Path) -> Index:
     return Index(path)
 
 
-def search(index: Index, queries: np.ndarray, top: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: Index, queries: np.ndarray, top: int, exact: bool = False, segment: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` best rows per query, best first: (rows (Q, k) int64, scores (Q, k) float32).
 
-    Uses the approximate index when there is one (unless ``exact``); k is
-    ``min(top, len(index))``. Exact search ranks equal scores by row; an
-    approximate search that finds fewer than k rows pads with row -1."""
+    Scores are inner products; with ``segment`` (query by example: "audio")
+    they are the cosine between the query's and the item's parts in that
+    segment, whatever the other segments hold. Uses the approximate index
+    when there is one (unless ``exact``); k is ``min(top, len(index))``.
+    Equal scores rank the lower row first; an approximate search that finds
+    fewer than k rows pads with row -1."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.header.dim:
         raise ValueError(f"queries must be (Q, {index.header.dim}), got {queries.shape}")
     k = min(top, len(index))
+    columns, norms = index.segment(segment)
     if index.ann is not None and not exact:
-        return ann_search(index.ann, index.vectors, queries, k)
-    return exact_search(index.vectors, queries, k)
+        return ann_search(index.ann, index.vectors, queries, k, columns, norms)
+    return exact_search(index.vectors[:, columns], queries[:, columns], k, norms)
 
 
-def ann_search(ann: faiss.IndexIVF, vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def ann_search(
+    ann: faiss.IndexIVF,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    columns: slice | None = None,
+    norms: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """RERANK·k candidates from the approximate index, the best k of them by
-    their exact scores (ties by row; missing candidates are row -1)."""
+    their exact scores over ``columns`` (divided by the rows' ``norms`` when
+    given); ties by row, missing candidates are row -1."""
+    columns = columns or slice(None)
     _, candidates = ann.search(queries, min(RERANK * k, len(vectors)))
     found = candidates >= 0
     rows = np.where(found, candidates, 0)
-    exact = np.einsum("qd,qcd->qc", queries, np.asarray(vectors[rows.ravel()], np.float32).reshape(*rows.shape, -1))
+    parts = np.asarray(vectors[rows.ravel()][:, columns], np.float32).reshape(*rows.shape, -1)
+    exact = np.einsum("qd,qcd->qc", queries[:, columns], parts)
+    if norms is not None:
+        exact /= np.maximum(norms[rows], _TINY)
     scores = np.where(found, exact, -np.inf).astype(np.float32)
     order = np.lexsort((candidates, -scores), axis=1)[:, :k]
     return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Exhaustive top-k by inner product, in blocks of rows (memory stays
-    bounded for any number of queries); ties go to the lower row."""
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, norms: np.ndarray | None = None, block: int = 1 << 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive top-k by inner product (divided by the rows' ``norms`` when
+    given), in blocks of rows so memory stays bounded for any number of
+    queries; ties go to the lower row."""
     n = vectors.shape[0]
     best_rows = np.empty((queries.shape[0], 0), np.int64)
     best_scores = np.empty((queries.shape[0], 0), np.float32)
     for start in range(0, n, block):
         scores = queries @ vectors[start : start + block].T
+        if norms is not None:
+            scores /= np.maximum(norms[start : start + block], _TINY)
         if scores.shape[1] > k:
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:
@@ -257,10 +299,14 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 
     return best_rows, best_scores
 
 
-def explain(index: Index, query: np.ndarray, row: int) -> dict[str, float]:
+def explain(index: Index, query: np.ndarray, row: int, segment: str | None = None) -> dict[str, float]:
     """How much each segment (audio, metadata) contributed to the score of
-    ``row`` for ``query``: segment-wise inner products, which add up to the score."""
+    ``row`` for ``query``: segment-wise inner products, which add up to the
+    score. With ``segment`` (the score is a cosine in it), that cosine."""
     vector = np.asarray(index.vectors[row], dtype=np.float32)
+    if segment is not None:
+        columns, norms = index.segment(segment)
+        return {segment: float(query[columns] @ vector[columns] / max(float(norms[row]), _TINY))}
     contributions, start = {}, 0
     for name, dim in index.header.segments:
         contributions[name] = float(query[start : start + dim] @ vector[start : start + dim])
@@ -367,8 +413,14 @@ def write_index(
     with h5py.File(tmp, "w") as f:
         _write_attrs(f, header, ann="")
         out = f.create_dataset("vectors", (n, header.dim), np.float32)
+        norms = f.create_dataset("segment_norms", (n, len(header.segments)), np.float32)
+        bounds = np.cumsum([0] + [dim for _, dim in header.segments])
         for start in range(0, n, 1 << 16):
-            out[start : start + (1 << 16)] = vectors[start : start + (1 << 16)]
+            block = np.asarray(vectors[start : start + (1 << 16)], np.float32)
+            out[start : start + len(block)] = block
+            norms[start : start + len(block)] = np.stack(
+                [np.linalg.norm(block[:, a:b], axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1
+            )
         f.create_dataset("ids", data=np.array([item.id for item in items], dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("items", data=np.frombuffer(b"".join(blobs), np.uint8))
         f.create_dataset("item_offsets", data=offsets)
@@ -546,6 +598,7 @@ def _open(path: Path) -> h5py.File:
     return f
 
 
+_DATASETS = ("vectors", "ids", "items", "item_offsets", "segment_norms", "tags", "tag_probs")
 _HEADER_ATTRS = ("fingerprint", "fusion", "segments", "retriever", "audio", "sources", "auto_tags", "ann")
 
 
@@ -569,14 +622,16 @@ def _memmap(path: Path, dataset: h5py.Dataset) -> np.ndarray:
     offset = dataset.id.get_offset()
     if offset is None or dataset.chunks is not None:
         raise AmrError(f"{path}: dataset {dataset.name} is not stored contiguously; rebuild the index")
-    return np.memmap(path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
+    # A plain ndarray view (the map stays alive as its base): indexing skips np.memmap's per-call overhead.
+    return np.memmap(path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape).view(np.ndarray)
 
 
 def _read_sidecar(path: Path, info: AnnInfo, n: int) -> faiss.IndexIVF:
     sidecar = sidecar_path(path, info)
     if not sidecar.exists():
         raise AmrError(f"{sidecar}: the approximate index of {path} is missing; run `amr index --ann` again")
-    ivf = faiss.read_index(str(sidecar), faiss.IO_FLAG_MMAP)
+    # Loaded, not memory-mapped: FAISS searches mapped lists some 30 times slower (measured, faiss 1.15).
+    ivf = faiss.read_index(str(sidecar))
     if ivf.ntotal != n:
         raise AmrError(f"{sidecar}: holds {ivf.ntotal} vectors, the index {n}; run `amr index --ann` again")
     ivf.nprobe = info.nprobe

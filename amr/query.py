@@ -24,6 +24,9 @@ from amr.index import Index, Retriever, checkpoint_spec, explain, load_retriever
 from amr.text import normalize_text
 
 QUERY_BATCH = 64
+# A clip asks for items that sound alike: ranked by the cosine of audio-tower
+# vectors, whatever the items' metadata adds to their fused vectors.
+EXAMPLE_SEGMENT = "audio"
 
 
 class Format(str, Enum):
@@ -79,16 +82,16 @@ class Searcher:
     index: Index
     retriever: Retriever
     audio_weights: Path | None = None  # local file of the audio model, for queries by example
-    _embedder: ClipEmbedder | None = field(default=None, repr=False)
+    clip_embedder: ClipEmbedder | None = field(default=None, repr=False)  # None: loaded when first needed
 
     def __post_init__(self) -> None:
         self.index.header.require_retriever(self.retriever, self.index.path)
 
     def embedder(self) -> ClipEmbedder:
         """The audio model of the index's caches, loaded on the first query by example."""
-        if self._embedder is None:
-            self._embedder = ClipEmbedder.for_index(self.index, self.audio_weights)
-        return self._embedder
+        if self.clip_embedder is None:
+            self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights)
+        return self.clip_embedder
 
 
 def open_searcher(index_path: Path, checkpoint: Path | None = None, audio_weights: Path | None = None) -> Searcher:
@@ -110,6 +113,8 @@ def run_queries(
 ) -> Iterator[Result | Failure]:
     """The ``top`` results of each query, best first, queries in input order.
 
+    Text queries rank by the retriever's score; a clip (query by example)
+    ranks by the cosine between its and each item's audio-tower vector.
     Queries are encoded and searched ``batch_size`` at a time. A Failure in
     the input (an unreadable line) passes through; a query that cannot be run
     (no words, an undecodable clip) becomes one."""
@@ -141,14 +146,17 @@ def _run_batch(
         vectors[texts] = searcher.retriever.encode_queries([batch[i].text for i in texts])
     if sequences:
         vectors[list(sequences)] = searcher.retriever.encode_examples(list(sequences.values()))
-    runnable = sorted(texts + list(sequences))
-    rows, scores = search(index, vectors[runnable], top, exact) if runnable else (None, None)
-    position = {i: n for n, i in enumerate(runnable)}
+    ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for members, segment in ((texts, None), (list(sequences), EXAMPLE_SEGMENT)):
+        if members:
+            rows, scores = search(index, vectors[members], top, exact, segment)
+            ranked.update(zip(members, zip(rows, scores)))
     for i, q in enumerate(batch):
         if i in failures:
             yield failures[i]
             continue
-        found = [(int(r), float(s)) for r, s in zip(rows[position[i]], scores[position[i]]) if r >= 0]
+        segment = EXAMPLE_SEGMENT if i in sequences else None
+        found = [(int(r), float(s)) for r, s in zip(*ranked[i]) if r >= 0]
         for rank, (row, score) in enumerate(found, start=1):
             item = index.item(row)
             yield Result(
@@ -159,7 +167,7 @@ def _run_batch(
                 id=item.id,
                 audio=item.audio,
                 metadata=item.metadata,
-                explain={k: round(v, 6) for k, v in explain(index, vectors[i], row).items()} if explain_scores else None,
+                explain={k: round(v, 6) for k, v in explain(index, vectors[i], row, segment).items()} if explain_scores else None,
                 tags=machine_tags(index, row) if explain_scores else None,
             )
 
@@ -312,7 +320,7 @@ class TableWriter:
         first = self.rows[0]
         table = Table(title=f"[{first.query_id}] {first.query}", title_justify="left")
         for column in ("rank", "score", "id", "audio", "metadata"):
-            table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+            table.add_column(column, justify="right" if column in ("rank", "score") else "left", overflow="fold")
         segments = list(first.explain or {})
         for name in segments:
             table.add_column(name, justify="right")
@@ -334,7 +342,8 @@ def make_writer(fmt: Format, out: IO[str], segments: Sequence[str] | None) -> Js
         return JsonlWriter(out)
     if fmt is Format.tsv:
         return TsvWriter(out, segments)
-    return TableWriter(Console(file=out, highlight=False))
+    # at a terminal its width; elsewhere (a file, a pager) room for long paths rather than 80 columns
+    return TableWriter(Console(file=out, highlight=False, width=None if out.isatty() else 200))
 
 
 def _json(value: Any) -> str:

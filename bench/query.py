@@ -5,16 +5,20 @@
     python bench/query.py --checkpoint CKPT    # the dimension and query encoder of a trained model
 
 For each size an index of synthetic item vectors is written at the retriever's
-dimension, with and without the approximate (FAISS IVF) index, and measured
+dimension, measured with exact search, then given its approximate index
+(`amr index --ann`: FAISS IVF-SQ8, re-ranked) and measured again, each time
 in a fresh process (so memory is that of a query process):
 
 * latency of one query end to end (text encoding, search, result records;
   p50 and p95), and the same without the text encoding (query vectors given);
-* the time of a bare FAISS search over the same vectors (the same IVF object
-  for the approximate index; faiss.knn over the same memory map for exact
-  search), so amr's own overhead is the ratio of the two;
+* the time of a bare FAISS search over the same vectors, so amr's own
+  overhead is the ratio of the two: for the approximate index the same IVF
+  object asked for its top 10 (amr asks it for 40 candidates and re-ranks
+  them by exact score; that is part of amr's overhead); for exact search
+  faiss.knn over the same memory map;
 * throughput with queries in batches of 64, with and without text encoding;
-* resident memory the opened index adds, after the queries;
+* resident memory the opened index adds, after the queries (memory-mapped
+  pages of the vectors count once touched: all of them for exact search);
 * recall@10 of the approximate index against exact search.
 
 Synthetic vectors (what and why): real embedding collections are clustered
@@ -38,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -173,8 +176,9 @@ class GivenVectors:
     everything amr does for a query except running the text encoder."""
 
     def __init__(self, retriever, vectors: np.ndarray):
-        self.retriever, self.vectors = retriever, vectors
-        self.fingerprint, self.fusion, self.segments, self.spec = retriever.fingerprint, retriever.fusion, retriever.segments, retriever.spec
+        self.vectors = vectors
+        self.fingerprint, self.fusion = retriever.fingerprint, retriever.fusion
+        self.segments, self.spec = retriever.segments, retriever.spec
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.vectors[[int(t[1:]) for t in texts]]
@@ -236,7 +240,7 @@ def measure(path: Path, n: int, seed: int, count: int, threads: int) -> dict:
     faiss_only = timed(bare(queries[i : i + 1]) for i in range(count))
     row = {
         "items": n,
-        "index": f"IVF-Flat nlist {index.ann_info.nlist} nprobe {index.ann_info.nprobe}" if index.ann_info else "exact",
+        "index": f"{index.ann_info.kind} nlist {index.ann_info.nlist} nprobe {index.ann_info.nprobe}" if index.ann_info else "exact",
         "e2e_p50": float(np.percentile(e2e, 50)),
         "e2e_p95": float(np.percentile(e2e, 95)),
         "search_p50": float(np.percentile(vectors_only, 50)),
@@ -244,8 +248,7 @@ def measure(path: Path, n: int, seed: int, count: int, threads: int) -> dict:
         "faiss_p50": float(np.percentile(faiss_only, 50)),
         "qps_e2e": batch(text_searcher, texts),
         "qps_search": batch(vector_searcher, [f"q{i}" for i in range(count)]),
-        "rss_mib": rss_mib() - before,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mib": rss_mib() - before,  # before the recall check, which reads every vector
         "timed": [len(e2e), len(vectors_only), len(faiss_only)],
     }
     if index.ann is not None:

@@ -94,6 +94,7 @@ def report(title: str, record: dict, total: float, pairs_target: int) -> None:
     print(f"\n{title}")
     print(f"  pairs                       {record['pairs']}")
     print(f"  throughput                  {record['pairs_per_second']:.0f} pairs/s")
+    print(f"  CPU time of the loop        {record['cpu_seconds']:.1f} s over {torch.get_num_threads()} threads (wall {record['seconds']:.1f} s)")
     print(f"  training loop               {record['seconds']:.1f} s   (x{scale:.2f} for {pairs_target} pairs: {record['seconds'] * scale:.1f} s)")
     print(f"  forward + backward          {record['model_seconds']:.1f} s")
     print(f"  outside forward/backward    {outside:.1f} s = {100 * outside / record['seconds']:.1f} % of the loop")

@@ -37,3 +37,18 @@ def mn04_model(mn04_weights: Path):
     from amr.weights import load_audio_model, resolve_weights
 
     return load_audio_model(resolve_weights("mn04_as", mn04_weights))
+
+
+@pytest.fixture(scope="session")
+def sounds_cache(tmp_path_factory, shared: Path, mn04_weights: Path) -> Path:
+    """The real `sounds` set (39 clips, 15 without metadata) extracted once per session with mn04."""
+    from amr.datasets import load_dataset
+    from amr.extract import extract
+    from amr.weights import resolve_weights
+
+    out = tmp_path_factory.mktemp("sounds") / "sounds.mn04_as.h5"
+    items = load_dataset(shared / "data" / "sounds").items
+    report = extract(items, out, resolve_weights("mn04_as", mn04_weights), workers=1, progress=False)
+    if report.failures:
+        raise RuntimeError(f"extracting the shared sounds set failed: {report.failures}")
+    return out

@@ -36,19 +36,8 @@ def weights(mn04_weights: Path):
 
 @pytest.fixture(scope="module")
 def sounds(shared: Path) -> list[Item]:
-    """Eight real clips: mp3 and wav, mono and stereo, 44.1 and 48 kHz, with and without metadata."""
-    items = load_dataset(shared / "data" / "sounds").items
-    chosen = [i for i in items if i.id.startswith("bigsoundbank")][:4]
-    chosen += [i for i in items if not i.metadata][:2] + [i for i in items if i.id.startswith("esc50")][:2]
-    return chosen
-
-
-@pytest.fixture(scope="module")
-def sounds_cache(tmp_path_factory, sounds, weights) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "sounds.h5"
-    report = extract(sounds, out, weights, workers=1, progress=False)
-    assert report.failures == [] and report.computed == len(sounds)
-    return out
+    """The real `sounds` clips: mp3 and wav, mono and stereo, 44.1 and 48 kHz, with and without metadata."""
+    return load_dataset(shared / "data" / "sounds").items
 
 
 def test_cache_holds_every_clip_with_its_item(sounds_cache: Path, sounds: list[Item], weights) -> None:

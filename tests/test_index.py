@@ -137,7 +137,7 @@ def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Pa
     assert header.retriever == {"kind": "fake", "fingerprint": "fake-1"}
     assert header.audio == info  # what query by example needs to load the same audio model
     assert header.sources == [str(library.resolve())]
-    assert isinstance(index.vectors, np.memmap)
+    assert isinstance(index.vectors.base, np.memmap) and not index.vectors.flags.writeable  # mapped, not loaded
 
 
 def test_an_item_without_metadata_gets_an_audio_only_vector(library: Path, tmp_path: Path) -> None:
@@ -266,6 +266,20 @@ def test_explain_splits_the_score_into_audio_and_metadata(library: Path, tmp_pat
     assert [p for _, p in tags] == sorted((p for _, p in tags), reverse=True)
 
 
+def test_a_segment_search_ranks_by_cosine_within_the_segment(library: Path, tmp_path: Path) -> None:
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    index = open_index(tmp_path / "index.h5")
+    query = np.random.default_rng(1).standard_normal((1, 2 * D)).astype(np.float32)
+    rows, scores = search(index, query, top=5, segment="audio")
+    audio = index.vectors[:, :D]
+    cosines = audio @ query[0, :D] / np.linalg.norm(audio, axis=1)
+    assert rows[0].tolist() == np.argsort(-cosines).tolist()
+    np.testing.assert_allclose(scores[0], np.sort(cosines)[::-1], rtol=1e-5)
+    assert explain(index, query[0], int(rows[0, 0]), "audio") == {"audio": pytest.approx(float(scores[0, 0]), abs=1e-6)}
+    with pytest.raises(AmrError, match="has no tags segment"):
+        search(index, query, top=5, segment="tags")
+
+
 # --- approximate index ----------------------------------------------------------------------
 
 
@@ -310,6 +324,11 @@ def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, 
     # candidates are re-ranked by their exact scores: the same numbers exact search gives
     np.testing.assert_allclose(approx_scores, np.einsum("qd,qkd->qk", queries, vectors[approx]), rtol=1e-5)
     assert np.all(np.diff(approx_scores, axis=1) <= 0)
+    by_audio, cosines = search(index, queries, 10, segment="audio")
+    truth, exact_cosines = search(index, queries, 10, exact=True, segment="audio")
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(by_audio.tolist(), truth.tolist())]) >= 0.8
+    assert np.all(cosines <= exact_cosines + 1e-6)  # exact cosines, of rows at most as good
+    assert np.mean(np.isclose(cosines[:, 0], exact_cosines[:, 0], rtol=1e-5)) >= 0.95  # the best is usually found
 
     extra = make_cache(tmp_path / "extra.h5", [Item(str(i), f"/x/{i}.wav", "test") for i in range(4000, 4100)])
     report = build_index(VectorRetriever(vectors), [extra], output, append=True, progress=False)

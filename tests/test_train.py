@@ -102,13 +102,19 @@ def test_metadata_dropout_drops_the_chosen_share_reproducibly(cache: Path) -> No
         assert sum(m is not None for m in again.metadata) == kept[0.5]
 
 
-def test_each_view_and_pair_order_is_drawn_per_epoch(cache: Path) -> None:
+def test_each_epoch_draws_views_and_length_bucketed_batches_of_every_pair(cache: Path) -> None:
     with EmbeddingCache(cache) as c:
-        model, training = configs(cache)
+        model, training = configs(cache, batch_size=4)
         pairs = _training_pairs([_load_source(c)], model.metadata)
         first, second = (_plan_epoch(pairs, model, training, e) for e in (0, 1))
         assert len(pairs) == 3 * sum(1 for item in c.items if item.split == "train")
-        assert set(first.views) <= {0, 1} and not np.array_equal(first.order, second.order)
+        assert sorted(np.concatenate(first.batches)) == list(range(len(pairs)))
+        assert not np.array_equal(np.concatenate(first.batches), np.concatenate(second.batches))
+        assert set(first.views) == {0, 1}
+        lengths = pairs.clip_length[pairs.pair_clip]
+        spread = np.mean([np.ptp(lengths[b]) for b in first.batches])
+        shuffled = np.random.default_rng(0).permutation(len(pairs))
+        assert spread < 0.5 * np.mean([np.ptp(lengths[shuffled[i : i + 4]]) for i in range(0, len(pairs), 4)])
 
 
 def test_same_seed_same_metrics_and_another_seed_differs(cache: Path, tmp_path: Path, text_encoder) -> None:

@@ -1,0 +1,149 @@
+"""Zero-shot hybrid retrieval: audio and metadata fused without any training.
+
+The audio tagger hears 527 AudioSet classes; the text encoder embeds their
+names. A clip's *audio vector* is the text embedding of what the tagger hears:
+the class-name embeddings weighted by the clip's tag probabilities (the
+label–text bridge), so it lives in the text encoder's space, where queries
+and metadata live. The *metadata vector* is the same encoder on the item's
+metadata text. Items are ranked by cos(q, α·a + β·m), with a, m and q unit
+vectors (sentence-transformers mean pooling, which this mode needs: the
+default all-MiniLM-L6-v2 is trained for it); items without metadata fall back
+to their audio vector alone.
+
+As for every retriever, the item vector is a concatenation of an audio and a
+metadata segment, [α·a; β·m] / |α·a + β·m|, and the query vector is [q; q],
+so one inner product gives exactly the fused cosine, and ``--explain`` splits
+it into the two contributions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from amr.cache import EmbeddingCache
+from amr.errors import AmrError
+from amr.items import METADATA_FIELDS, Item, metadata_text
+from amr.mobilenet import audioset_class_names
+from amr.text import DEFAULT_TEXT_MODEL, TextEncoder
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    text_model: str = DEFAULT_TEXT_MODEL
+    audio_weight: float = 1.0
+    metadata_weight: float = 1.0
+    metadata_fields: tuple[str, ...] = METADATA_FIELDS
+    descriptions: str | None = None  # JSON file: AudioSet class name → description (e.g. from the ontology)
+
+    def __post_init__(self) -> None:
+        if self.audio_weight < 0 or self.metadata_weight < 0 or self.audio_weight + self.metadata_weight == 0:
+            raise AmrError("zero-shot weights must be non-negative and not both zero")
+
+
+class ZeroShotRetriever:
+    """A Retriever (see amr.index) that needs no checkpoint."""
+
+    fusion = "zero-shot"
+
+    def __init__(self, config: ZeroShotConfig | None = None, text: TextEncoder | None = None):
+        self.config = config or ZeroShotConfig()
+        self.text = text or TextEncoder(self.config.text_model)
+        self.segments = [("audio", self.text.dim), ("metadata", self.text.dim)]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "zero-shot", **asdict(self.config)}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        described = {**asdict(self.config), "text_fingerprint": self.text.fingerprint}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+    @cached_property
+    def class_embeddings(self) -> np.ndarray:
+        """(527, dim) unit text embeddings of the AudioSet class names (and descriptions)."""
+        names = audioset_class_names()
+        texts = names
+        if self.config.descriptions:
+            described = _read_descriptions(Path(self.config.descriptions))
+            texts = [f"{name}. {described[name]}" if described.get(name) else name for name in names]
+        return self.text.encode(texts, pooling="mean", normalize=True)
+
+    def audio_vectors(self, tag_probabilities: np.ndarray) -> np.ndarray:
+        """The label–text bridge: (n, 527) tag probabilities → (n, dim) unit vectors."""
+        return _unit(np.asarray(tag_probabilities, dtype=np.float32) @ self.class_embeddings)
+
+    def metadata_vectors(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) unit metadata vectors (zero rows for items without metadata) and the has-metadata mask."""
+        texts = [metadata_text(item, self.config.metadata_fields) for item in items]
+        present = np.array([t is not None for t in texts])
+        vectors = np.zeros((len(items), self.text.dim), np.float32)
+        if present.any():
+            vectors[present] = self.text.encode([t for t in texts if t is not None], pooling="mean", normalize=True)
+        return vectors, present
+
+    def fuse(self, audio: np.ndarray, metadata: np.ndarray) -> np.ndarray:
+        """[α·a; β·m] / |α·a + β·m| (a zero m leaves the audio vector alone)."""
+        a = self.config.audio_weight * audio
+        m = self.config.metadata_weight * metadata
+        norm = np.linalg.norm(a + m, axis=1, keepdims=True)
+        return np.concatenate([a, m], axis=1) / np.maximum(norm, 1e-12)
+
+    def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
+        items = [cache.items[i] for i in indices]
+        if auto_tags:
+            items = [with_machine_tags(item, cache.tags[i], auto_tags) for item, i in zip(items, indices)]
+        metadata, _ = self.metadata_vectors(items)
+        return self.fuse(self.audio_vectors(cache.tags[list(indices)]), metadata)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        q = self.text.encode(texts, pooling="mean", normalize=True)
+        return np.concatenate([q, q], axis=1)
+
+    def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
+        """Clips as queries: each clip's bridge vector (from its tag
+        probabilities) in the audio segment, zeros in the metadata segment."""
+        audio = self.audio_vectors(tags)
+        return np.concatenate([audio, np.zeros_like(audio)], axis=1)
+
+
+def with_machine_tags(item: Item, tag_probabilities: np.ndarray, k: int) -> Item:
+    """The item, with its clip's k most probable AudioSet classes as keywords
+    when it has no metadata of its own (documented, off by default)."""
+    if item.metadata or k <= 0:
+        return item
+    names = audioset_class_names()
+    best = np.argsort(-np.asarray(tag_probabilities), kind="stable")[:k]
+    return Item(item.id, item.audio, item.split, {"keywords": [names[c] for c in best]}, item.captions)
+
+
+def load_zero_shot(spec: dict[str, Any]) -> ZeroShotRetriever:
+    fields = {k: v for k, v in spec.items() if k != "kind"}
+    fields["metadata_fields"] = tuple(fields.get("metadata_fields", METADATA_FIELDS))
+    try:
+        return ZeroShotRetriever(ZeroShotConfig(**fields))
+    except TypeError as e:
+        raise AmrError(f"zero-shot spec {spec} is not one this amr understands ({e})") from e
+
+
+def _read_descriptions(path: Path) -> dict[str, str]:
+    """Class descriptions: a JSON object {name: description}, or the AudioSet
+    ontology.json list of {"name", "description", ...}."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise AmrError(f"{path}: cannot read class descriptions ({e})") from e
+    if isinstance(data, list):
+        return {str(entry.get("name")): str(entry.get("description", "")) for entry in data if isinstance(entry, dict)}
+    if isinstance(data, dict):
+        return {str(k): str(v) for k, v in data.items()}
+    raise AmrError(f"{path}: expected a JSON object of class descriptions or the AudioSet ontology list")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
