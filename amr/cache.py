@@ -191,9 +191,10 @@ def _open(path: Path) -> h5py.File:
     if f.attrs.get("format") != FORMAT:
         f.close()
         raise AmrError(f"{path}: not an amr embedding cache")
-    if int(f.attrs["version"]) != VERSION:
+    version = int(f.attrs.get("version", -1))
+    if version != VERSION:
         f.close()
-        raise AmrError(f"{path}: cache format version {f.attrs['version']}, this amr reads version {VERSION}")
+        raise AmrError(f"{path}: cache format version {version}, this amr reads version {VERSION}")
     return f
 
 

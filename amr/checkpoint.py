@@ -55,6 +55,7 @@ def write_config(
     training: dict[str, Any],
     best: dict[str, Any] | None = None,
 ) -> None:
+    """config.json: everything needed to rebuild ``model`` and to check its partners."""
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -85,6 +86,9 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise AmrError(f"{path}: not an amr checkpoint")
     if config.get("version") != VERSION:
         raise AmrError(f"{path}: checkpoint format version {config.get('version')}, this amr reads version {VERSION}")
+    missing = {"model", "audio", "text", "training"} - set(config)
+    if missing:
+        raise AmrError(f"{path}: incomplete checkpoint config, no {', '.join(sorted(missing))}")
     return config
 
 
@@ -250,7 +254,8 @@ class TrainedRetriever:
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.model.encode_queries(texts)
 
-    def encode_examples(self, sequences: list[np.ndarray]) -> np.ndarray:
+    def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
+        """The trained audio tower needs the frames only; ``tags`` is unused."""
         if not self.model.config.uses_audio:
             raise AmrError(f"{self.path}: a metadata-only model (fusion 'metadata') cannot search by audio example")
         for s in sequences:

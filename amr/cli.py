@@ -32,6 +32,20 @@ WorkspaceOption = Annotated[
 ]
 
 
+ZeroShotOption = Annotated[bool, typer.Option("--zero-shot", help="Fuse audio (through AudioSet tags, the label-text bridge) and metadata with no trained checkpoint.")]
+AudioWeightOption = Annotated[float, typer.Option(min=0.0, help="Zero-shot: weight of the audio vector in the fused item vector.")]
+MetadataWeightOption = Annotated[float, typer.Option(min=0.0, help="Zero-shot: weight of the metadata vector in the fused item vector.")]
+TextModelOption = Annotated[Optional[str], typer.Option(help="Zero-shot: Hugging Face text model name or directory (default: all-MiniLM-L6-v2).")]
+
+
+def zero_shot_spec(text_model: str | None, audio_weight: float, metadata_weight: float) -> dict:
+    from amr.text import DEFAULT_TEXT_MODEL
+    from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
+
+    config = ZeroShotConfig(text_model or DEFAULT_TEXT_MODEL, audio_weight, metadata_weight)
+    return {"kind": "zero-shot", **ZeroShotRetriever.spec_of(config)}
+
+
 def main() -> None:
     try:
         app()
@@ -44,7 +58,7 @@ def main() -> None:
 def extract(
     dataset: Annotated[Path, typer.Argument(help="Dataset root: Clotho, AudioCaps, or a folder with items.jsonl / items.csv.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Cache file (default: <workspace>/caches/<dataset>.<model>.h5).")] = None,
-    audio_model: Annotated[str, typer.Option(help="EfficientAT model name (mn01_as … mn40_as_ext).")] = "mn04_as",
+    audio_model: Annotated[Optional[str], typer.Option(help="EfficientAT model name, mn01_as … mn40_as_ext (default: mn04_as, or the name of --audio-weights).")] = None,
     audio_weights: Annotated[Optional[Path], typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model.")] = None,
     augment_views: Annotated[int, typer.Option(min=0, help="Also store K SpecAugmented sequences per clip, for training.")] = 0,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding processes (default: CPU cores - 1).")] = None,
@@ -101,7 +115,7 @@ def train(
     text_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text encoder (default: 2e-5).")] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(min=0, help="Linear warm-up epochs before the cosine decay (default: 1).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="NT-Xent temperature (default: 0.05).")] = None,
-    width: Annotated[Optional[int], typer.Option(min=8, help="Audio transformer width = retrieval space size (default: 256).")] = None,
+    width: Annotated[Optional[int], typer.Option(min=8, help="Audio transformer width = retrieval space size (default: 128).")] = None,
     depth: Annotated[Optional[int], typer.Option(min=1, help="Audio transformer layers (default: 2).")] = None,
     heads: Annotated[Optional[int], typer.Option(min=1, help="Attention heads (default: 4).")] = None,
     ff: Annotated[Optional[int], typer.Option(min=1, help="Feed-forward size of the transformer layers (default: 512).")] = None,
@@ -162,9 +176,13 @@ def index(
     append: Annotated[bool, typer.Option(help="Add to an existing index without re-encoding it; an id indexed again replaces the old vector.")] = False,
     ann: Annotated[Optional[bool], typer.Option("--ann/--no-ann", help="Also build an approximate FAISS index (default: above 50000 items).")] = None,
     auto_tags: Annotated[Optional[int], typer.Option(min=0, help="Give items without metadata their clip's K most probable AudioSet tags as metadata (default: 0; with --append the index's).")] = None,
+    zero_shot: ZeroShotOption = False,
+    audio_weight: AudioWeightOption = 1.0,
+    metadata_weight: MetadataWeightOption = 1.0,
+    text_model: TextModelOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Encode every item of the caches through the checkpoint's item tower into a searchable index.
+    """Encode every item of the caches through the checkpoint's item tower (or zero-shot) into a searchable index.
 
     Prints a JSON summary on stdout; with an approximate index, its recall
     against exact search goes to stderr."""
@@ -175,8 +193,13 @@ def index(
     ws = Workspace.resolve(workspace)
     caches = caches or [ws.latest("cache")]
     if output is None:
-        output = ws.latest("index") if append else ws.indexes / f"{caches[0].stem}.h5"
-    if checkpoint is not None:
+        suffix = ".zero-shot" if zero_shot else ""
+        output = ws.latest("index") if append else ws.indexes / f"{caches[0].stem}{suffix}.h5"
+    if zero_shot:
+        if checkpoint is not None:
+            raise AmrError("--zero-shot and --checkpoint exclude each other")
+        spec = zero_shot_spec(text_model, audio_weight, metadata_weight)
+    elif checkpoint is not None:
         spec = checkpoint_spec(checkpoint)
     elif append:
         spec = open_index(output).header.retriever
@@ -209,7 +232,7 @@ def query(
     exact: Annotated[bool, typer.Option(help="Exact search even where the index has an approximate one.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint to encode queries with (default: the one the index records).")] = None,
     audio_weights: Annotated[Optional[Path], typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model, for --audio.")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads of the query encoder; 1 keeps one query's latency steady on a busy machine, more speed up large batches.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads of the query encoder and of exact search; 1 keeps one query fast and steady on a busy machine, more speed up large batches.")] = 1,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Rank the indexed items for each query; results on stdout, one record per (query, item).
@@ -218,6 +241,9 @@ def query(
     stderr; the others still produce results); 1 when nothing could run."""
     import os
 
+    # Before numpy loads: its OpenBLAS reads this once. Measured (bench/query.py): with torch
+    # loaded, a multi-threaded matrix-vector product stalls ~8 ms; one thread takes 0.5 ms.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
     import torch
 
     from amr.query import Failure, Format, default_format, gather_queries, make_writer, open_searcher, run_queries
@@ -260,6 +286,8 @@ def evaluate(
     per_query: Annotated[Optional[Path], typer.Option("--per-query", help="Write the summary and, per model and query, the ranks of the relevant items to this JSON file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary on stdout even at a terminal (the table then goes to stderr).")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write recall@K for K = 1..50, one curve per model, to this PNG file.")] = None,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Also score the zero-shot hybrid model, and with --ablate its audio-only and metadata-only halves.")] = False,
+    ablate: Annotated[bool, typer.Option("--ablate", help="With --zero-shot: add the audio-only and metadata-only zero-shot rows.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Text-to-audio retrieval metrics (R@1, R@5, R@10, mAP@10, in percent) as the Clotho and AudioCaps benchmarks define them.
@@ -267,8 +295,8 @@ def evaluate(
     Every query ranks every item of the split; ties go to the item that comes
     first (caches in the order given, each in storage order). Models of one
     fusion mode count as runs of one configuration: two or more distinct ones
-    get a row "mean ± std" (sample standard deviation). Zero-shot models are
-    evaluated through an index built with them (--index).
+    get a row "mean ± std" (sample standard deviation). --zero-shot adds the
+    zero-shot model (no checkpoint needed), --bm25 a lexical metadata baseline.
 
     stdout: the table at a terminal; in a pipe, or with --json, the summary as
     one JSON object (metrics as fractions in [0, 1]; "models" with "metrics"
@@ -284,11 +312,15 @@ def evaluate(
 
     ws = Workspace.resolve(workspace)
     index_paths = index_paths or []
-    checkpoints = checkpoints or ([] if index_paths or bm25 else [ws.latest("checkpoint")])
+    checkpoints = checkpoints or ([] if index_paths or bm25 or zero_shot else [ws.latest("checkpoint")])
     names = model_names([*checkpoints, *index_paths])
     indexes = [open_index(path) for path in index_paths]
     scorers: list[Scorer] = [RetrieverScorer(name, load_retriever(checkpoint_spec(path))) for name, path in zip(names, checkpoints)]
     scorers += [IndexScorer(name, ix) for name, ix in zip(names[len(checkpoints):], indexes)]
+    if zero_shot:
+        from amr.zeroshot import zero_shot_variants
+
+        scorers += [RetrieverScorer(name, retriever) for name, retriever in zero_shot_variants(ablate)]
     if bm25:
         scorers.append(BM25())
     explicit = load_queries(queries) if queries is not None else None

@@ -127,10 +127,10 @@ def _checked(collection: Collection) -> Collection:
 
 
 class RetrieverScorer:
-    """A model that encodes items and queries (a checkpoint): score = inner product."""
+    """A model that encodes items and queries (a checkpoint, zero-shot): score = inner product."""
 
-    def __init__(self, name: str, retriever: Retriever, kind: str = "checkpoint"):
-        self.name, self.kind, self.retriever = name, kind, retriever
+    def __init__(self, name: str, retriever: Retriever):
+        self.name, self.kind, self.retriever = name, str(retriever.spec.get("kind", "retriever")), retriever
         self.fusion: str | None = retriever.fusion
         self.fingerprint: str | None = retriever.fingerprint
 

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -44,9 +45,14 @@ from amr.errors import AmrError
 from amr.items import Item
 from amr.weights import ResolvedWeights, load_audio_model
 
-PAD_MULTIPLE = 64  # mel frames; two output frames of the model (which downsamples time by 32)
+# Mel frames a window is padded to a multiple of. Padding is not free: the
+# squeeze-excitation layers average over time, so silence appended to a clip
+# changes all of its frames a little; 8 frames (80 ms) keep that negligible and
+# leave full 10 s windows (1000 frames) unpadded, as EfficientAT sees them.
+PAD_MULTIPLE = 8
 MODEL_STRIDE = 32
-BATCH_FRAMES = 16 * 1024  # mel frames per model batch (about 16 windows of 10 s)
+BATCH_FRAMES = 4096  # mel frames per model batch: about 4 windows of 10 s (larger batches run slower on CPU caches)
+PENDING_FRAMES = 16 * BATCH_FRAMES  # mel frames waiting for a batch before partial batches run (~130 MB)
 SEGMENT_WINDOWS = 18  # windows a worker decodes per task (3 minutes of audio)
 PART_SIZE = 256  # clips per part file
 SILENCE = (math.log(audio.LOG_OFFSET) + audio.NORM_SHIFT) / audio.NORM_SCALE  # normalised log-mel of digital silence
@@ -117,13 +123,19 @@ def extract(
         parts_dir.mkdir(exist_ok=True)
         first_part = len(list(parts_dir.glob("part-*.h5")))
         writer = _PartWriter(parts_dir, info, first_part, part_size)
-        for result in _run_pipeline(todo, model, info, workers or default_workers(), seed, progress):
-            if isinstance(result, Failure):
-                failures.append(result)
-                console.print(f"[yellow]skipped[/] {result.audio}: {result.reason}", highlight=False)
-            else:
-                audio_seconds += result.frames.shape[0] / info.frame_rate
-                writer.add(result)
+        workers = workers or default_workers()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))  # the cores the decoding workers leave
+        try:
+            for result in _run_pipeline(todo, model, info, workers, seed, progress):
+                if isinstance(result, Failure):
+                    failures.append(result)
+                    console.print(f"[yellow]skipped[/] {result.audio}: {result.reason}", highlight=False)
+                else:
+                    audio_seconds += result.frames.shape[0] / info.frame_rate
+                    writer.add(result)
+        finally:
+            torch.set_num_threads(threads)
         writer.flush()
         for cache in sources:
             cache.close()
@@ -150,6 +162,24 @@ def extract(
 
 def failures_path(cache: Path) -> Path:
     return cache.with_name(cache.stem + ".failures.jsonl")
+
+
+def embed_file(path: Path, model: torch.nn.Module, front_end: audio.MelFrontEnd) -> tuple[np.ndarray, np.ndarray]:
+    """One clip's (T, C) frame sequence and tag probabilities, window by window
+    and padded as the pipeline pads it (for queries by example)."""
+    sequences = []
+    with torch.inference_mode():
+        for window in audio.iter_windows(Path(path)):
+            mel = front_end(torch.from_numpy(window)[None])
+            frames = mel.shape[-1]
+            width = -(-frames // PAD_MULTIPLE) * PAD_MULTIPLE
+            padded = torch.full((1, 1, audio.N_MELS, width), SILENCE)
+            padded[..., :frames] = mel
+            embedded, _ = model(padded)
+            sequences.append(embedded[0, : math.ceil(frames / MODEL_STRIDE)].numpy())
+        sequence = np.concatenate(sequences)
+        tags = torch.sigmoid(model.head(torch.from_numpy(sequence).mean(0, keepdim=True)))[0].numpy()
+    return sequence, tags
 
 
 # --- resume: the final cache and the parts of an interrupted run -------------------------
@@ -225,6 +255,14 @@ def _init_worker() -> None:
     global _front_end
     torch.set_num_threads(1)
     _front_end = audio.MelFrontEnd()
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A SIGKILLed main process cannot stop its workers: they notice and leave."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 @dataclass
@@ -347,7 +385,7 @@ def _run_pipeline(
         if not segment.more:
             state.expected = state.next_window
         # bound memory: run the fullest bucket while too much waits
-        while sum(width * len(rows) for width, rows in buckets.items()) > 4 * BATCH_FRAMES:
+        while sum(width * len(rows) for width, rows in buckets.items()) > PENDING_FRAMES:
             yield from run_bucket(max(buckets, key=lambda width: width * len(buckets[width])))
 
     context = get_context("spawn")

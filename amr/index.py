@@ -19,7 +19,7 @@ File layout (format ``amr-index``, version 1), one HDF5 file::
                    ann              JSON AnnInfo of the FAISS sidecar, or "" for exact search only
     vectors        (N, D)   float32, contiguous: memory-mapped on open
     ids            (N,)     utf-8 item ids
-    items          (B,)     uint8: the items as utf-8 JSON (amr.items.Item), concatenated;
+    items          (B,)     uint8: the items as utf-8 JSON (amr.items.Item), concatenated
     item_offsets   (N+1,)   int64: item i is items[item_offsets[i]:item_offsets[i+1]]
     segment_norms  (N, S)   float32: each vector's norm in each segment (cosines within a
                             segment: query by example compares audio with audio)
@@ -32,10 +32,10 @@ milliseconds and a query touches only the rows it returns. An approximate
 index lives next to the file as ``<stem>.<token>.faiss``; the token is
 recorded in ``ann`` so a sidecar of another build is never used. It is a
 FAISS IVF index with 8-bit scalar-quantised vectors (a quarter of the
-memory and memory traffic of float32) that proposes RERANK·k candidates;
-their exact scores, from ``vectors``, decide the top k, so scores and
-`explain` are the same as with exact search.
-Files are written to a temporary name and renamed into place.
+memory and memory traffic of float32) that proposes a few candidates per result;
+their exact scores, from ``vectors``, decide the top k, so the scores
+(and `explain`) of what it finds are those of exact search. Files are
+written to a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -64,14 +64,21 @@ from amr.items import Item
 FORMAT = "amr-index"
 VERSION = 1
 TAGS_STORED = 5  # machine tags kept per item, for --explain
-# Above this many items an exact search (one matrix product over N x 512
-# float32) takes more than about 10 ms per query on two cores, half the 20 ms
-# a query may take end to end (bench/query.py: ~24 ms at 1e5 items), so
-# `amr index` builds an approximate index unless told otherwise.
+# Up to this many items exact search (one matrix product over N x 512 float32,
+# memory-bound: ~7 ms per query at 1e5 items on two cores, bench/query.py)
+# leaves most of a 20 ms query for the text encoder; above it `amr index`
+# builds an approximate index unless told otherwise.
 EXACT_LIMIT = 50_000
 ENCODE_BATCH = 512  # items per Retriever.encode_items call
 _TINY = 1e-12  # floor of a norm that divides
-RERANK = 4  # candidates per result the approximate index proposes for exact re-ranking
+# Candidates per result the approximate index proposes for exact re-ranking:
+# 2 recovers what 8-bit quantisation mis-ranks (recall@10 0.98 at 1e6 items,
+# as with 4; 1 gives 0.96), and each candidate row read from the memory map
+# can cost a page fault.
+RERANK = 2
+# A segment search (query by example: audio cosine) takes its candidates from
+# the full inner product, which ranks differently: it needs a larger pool.
+SEGMENT_RERANK = 10
 RECALL_TARGET = 0.97  # recall@10 the nprobe of an approximate index is chosen for
 NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # tried in order
 RECALL_QUERIES = 500  # perturbed item vectors the recall check uses
@@ -102,8 +109,9 @@ class Retriever(Protocol):
         """(q, dim) float32 query vectors."""
         ...
 
-    def encode_examples(self, sequences: list[np.ndarray]) -> np.ndarray:
-        """(q, dim) float32: each clip's audio-tower vector in the audio segment, zeros elsewhere."""
+    def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
+        """(q, dim) float32 from clips' frame sequences and (q, 527) tag
+        probabilities: each clip's audio vector in the audio segment, zeros elsewhere."""
         ...
 
 
@@ -114,7 +122,16 @@ def _checkpoint_retriever(spec: dict[str, Any]) -> Retriever:
 
 
 # kind → loader of a spec of that kind (another model adds its kind here); loaders import lazily.
-RETRIEVER_KINDS: dict[str, Callable[[dict[str, Any]], Retriever]] = {"checkpoint": _checkpoint_retriever}
+def _zero_shot_retriever(spec: dict[str, Any]) -> Retriever:
+    from amr.zeroshot import load_zero_shot
+
+    return load_zero_shot(spec)
+
+
+RETRIEVER_KINDS: dict[str, Callable[[dict[str, Any]], Retriever]] = {
+    "checkpoint": _checkpoint_retriever,
+    "zero-shot": _zero_shot_retriever,
+}
 
 
 def load_retriever(spec: dict[str, Any]) -> Retriever:
@@ -194,7 +211,7 @@ class Index:
             self.tag_probs = _memmap(self.path, f["tag_probs"])
             self.segment_norms = _memmap(self.path, f["segment_norms"])
             self._items = _memmap(self.path, f["items"])
-            self._item_offsets = _memmap(self.path, f["item_offsets"])
+            self._item_offsets = _memmap(self.path, f["item_offsets"]).copy()  # 8 MB per million items: no page faults
         if self.vectors.shape != (n, self.header.dim):
             raise AmrError(f"{self.path}: vectors of shape {self.vectors.shape} do not match the segments {self.header.segments}")
         self.ann_info = AnnInfo(**json.loads(ann)) if ann else None
@@ -246,7 +263,8 @@ def search(
     k = min(top, len(index))
     columns, norms = index.segment(segment)
     if index.ann is not None and not exact:
-        return ann_search(index.ann, index.vectors, queries, k, columns, norms)
+        pool = RERANK * k if segment is None else SEGMENT_RERANK * k
+        return ann_search(index.ann, index.vectors, queries, k, pool, columns, norms)
     return exact_search(index.vectors[:, columns], queries[:, columns], k, norms)
 
 
@@ -255,14 +273,15 @@ def ann_search(
     vectors: np.ndarray,
     queries: np.ndarray,
     k: int,
+    pool: int,
     columns: slice | None = None,
     norms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """RERANK·k candidates from the approximate index, the best k of them by
+    """``pool`` candidates from the approximate index, the best k of them by
     their exact scores over ``columns`` (divided by the rows' ``norms`` when
     given); ties by row, missing candidates are row -1."""
     columns = columns or slice(None)
-    _, candidates = ann.search(queries, min(RERANK * k, len(vectors)))
+    _, candidates = ann.search(queries, min(pool, len(vectors)))
     found = candidates >= 0
     rows = np.where(found, candidates, 0)
     parts = np.asarray(vectors[rows.ravel()][:, columns], np.float32).reshape(*rows.shape, -1)
@@ -356,41 +375,29 @@ def build_index(
             audio=opened[0].info,
             sources=[str(c.path.resolve()) for c in opened],
         )
-        previous = _previous(output, header, retriever) if append else None
-        if previous is not None and auto_tags not in (None, previous.header.auto_tags):
-            raise AmrError(f"{output}: was built with auto tags {previous.header.auto_tags}, not {auto_tags}; append with the same")
+        previous = _previous(output, header, retriever, auto_tags) if append else None
         header = replace(header, auto_tags=previous.header.auto_tags if previous is not None else auto_tags or 0)
         selected = [(c, _select(c, splits)) for c in opened]
         total = sum(len(rows) for _, rows in selected)
         if total == 0:
             raise AmrError(f"{', '.join(str(c) for c in caches)}: no items in split(s) {', '.join(splits or ())}")
-        new_items, new_vectors, new_tags = _encode(retriever, selected, header, progress)
+        encoded = _encode(retriever, selected, header, progress)
     finally:
         for cache in opened:
             cache.close()
 
-    new_ids = {item.id: row for row, item in enumerate(new_items)}
-    if len(new_ids) < len(new_items):  # an id in several caches: the last one wins
-        keep = sorted(new_ids.values())
-        new_items = [new_items[r] for r in keep]
-        new_vectors, new_tags = new_vectors[keep], (new_tags[0][keep], new_tags[1][keep])
-    replaced = 0
+    rows, replaced = _last_of_each_id(encoded), 0
     if previous is not None:
+        new_ids = {item.id for item in rows.items}
         kept = [row for row, item_id in enumerate(previous.ids()) if item_id not in new_ids]
         replaced = len(previous) - len(kept)
+        rows = _Rows.stored(previous, kept) + rows
         header = replace(header, sources=_merged(previous.header.sources, header.sources))
-        items = [previous.item(r) for r in kept] + new_items
-        vectors = np.concatenate([previous.vectors[kept], new_vectors])
-        tags = np.concatenate([previous.tags[kept], new_tags[0]]), np.concatenate([previous.tag_probs[kept], new_tags[1]])
-        if ann is None:
-            ann = previous.ann_info is not None or len(items) > EXACT_LIMIT
-    else:
-        items, vectors, tags = new_items, new_vectors, new_tags
-        if ann is None:
-            ann = len(items) > EXACT_LIMIT
-    write_index(output, header, items, vectors, tags[0], tags[1])
+    if ann is None:
+        ann = (previous is not None and previous.ann_info is not None) or len(rows.items) > EXACT_LIMIT
+    write_index(output, header, rows.items, rows.vectors, rows.tags, rows.probs)
     info = add_ann(output, progress=progress) if ann else None
-    return IndexReport(output, len(items), len(new_items), replaced, info, time.perf_counter() - started)
+    return IndexReport(output, len(rows.items), len(encoded.items), replaced, info, time.perf_counter() - started)
 
 
 def write_index(
@@ -434,16 +441,21 @@ def write_index(
 
 def add_ann(path: Path, progress: bool = True) -> AnnInfo:
     """Build the approximate index of an index file: FAISS IVF (inner
-    product) over 8-bit scalar-quantised residuals, nlist ≈ 4·√N lists
-    trained by k-means on 40 vectors per list (10 iterations, so that a
-    million items build within minutes on two cores), and nprobe the
-    smallest of NPROBES whose recall@10 against exact search (after
+    product) over 8-bit scalar-quantised residuals, nlist ≈ 2·√N lists
+    trained by k-means on 40 vectors per list (10 iterations), and nprobe
+    the smallest of NPROBES whose recall@10 against exact search (after
     re-ranking, as `search` does) reaches RECALL_TARGET on perturbed item
-    vectors. The recall is printed to stderr and recorded in the file."""
+    vectors. The recall is printed to stderr and recorded in the file.
+
+    Measured on a million clustered 512-dim vectors, two cores: 2·√N lists
+    (2000) build in 46 s and answer in 1.7 ms at nprobe 64; 4·√N lists
+    (4000) take 171 s and 2.0 ms at nprobe 128, for the same recall (0.98).
+    FAISS HNSW (M 32) needed efSearch 512 for recall 0.975 and 30 s to
+    build 1e5 items, so a million would take many minutes."""
     started = time.perf_counter()
     vectors = Index(path).vectors
     n, dim = vectors.shape
-    nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
+    nlist = max(1, min(round(2 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
     rng = np.random.default_rng(0)
     train = np.ascontiguousarray(vectors[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))])
     ivf = faiss.IndexIVFScalarQuantizer(
@@ -460,7 +472,7 @@ def add_ann(path: Path, progress: bool = True) -> AnnInfo:
     truth, _ = exact_search(vectors, probes, min(10, n))
     for nprobe in [p for p in NPROBES if p < nlist] + [nlist]:
         ivf.nprobe = nprobe
-        recall = recall_at(ann_search(ivf, vectors, probes, truth.shape[1])[0], truth)
+        recall = recall_at(ann_search(ivf, vectors, probes, truth.shape[1], RERANK * truth.shape[1])[0], truth)
         if recall >= RECALL_TARGET:
             break
     info = AnnInfo("ivf-sq8", nlist, nprobe, round(recall, 4), secrets.token_hex(4), round(time.perf_counter() - started, 1))
@@ -474,6 +486,7 @@ def add_ann(path: Path, progress: bool = True) -> AnnInfo:
         f"approximate index: IVF-SQ8, {nlist} lists, nprobe {nprobe}, re-ranked: recall@10 {recall:.3f} against exact search "
         f"({len(probes)} perturbed item vectors), built in {info.seconds:.0f} s",
         highlight=False,
+        soft_wrap=True,
     )
     return info
 
@@ -509,15 +522,41 @@ def _select(cache: EmbeddingCache, splits: Sequence[str] | None) -> list[int]:
     return [i for i, item in enumerate(cache.items) if splits is None or item.split in splits]
 
 
-def _encode(
-    retriever: Retriever, selected: list[tuple[EmbeddingCache, list[int]]], header: IndexHeader, progress: bool
-) -> tuple[list[Item], np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    dim = header.dim
+@dataclass
+class _Rows:
+    """Items with their vectors and machine tags, in index order."""
+
+    items: list[Item]
+    vectors: np.ndarray
+    tags: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def stored(cls, index: Index, rows: list[int]) -> _Rows:
+        return cls([index.item(r) for r in rows], index.vectors[rows], index.tags[rows], index.tag_probs[rows])
+
+    def take(self, rows: list[int]) -> _Rows:
+        return _Rows([self.items[r] for r in rows], self.vectors[rows], self.tags[rows], self.probs[rows])
+
+    def __add__(self, other: _Rows) -> _Rows:
+        return _Rows(
+            self.items + other.items,
+            np.concatenate([self.vectors, other.vectors]),
+            np.concatenate([self.tags, other.tags]),
+            np.concatenate([self.probs, other.probs]),
+        )
+
+
+def _last_of_each_id(rows: _Rows) -> _Rows:
+    """An id encoded twice (in two caches) keeps its last version."""
+    last = {item.id: row for row, item in enumerate(rows.items)}
+    return rows if len(last) == len(rows.items) else rows.take(sorted(last.values()))
+
+
+def _encode(retriever: Retriever, selected: list[tuple[EmbeddingCache, list[int]]], header: IndexHeader, progress: bool) -> _Rows:
     total = sum(len(rows) for _, rows in selected)
-    vectors = np.empty((total, dim), np.float32)
     tags = np.empty((total, TAGS_STORED), np.int16)
-    probs = np.empty((total, TAGS_STORED), np.float16)
-    items: list[Item] = []
+    out = _Rows([], np.empty((total, header.dim), np.float32), tags, np.empty(tags.shape, np.float16))
     bar = Progress(
         TextColumn("index"), BarColumn(), TextColumn("{task.completed}/{task.total} items"), TimeElapsedColumn(),
         console=console, disable=not progress, transient=True,
@@ -527,20 +566,20 @@ def _encode(
         for cache, rows in selected:
             for start in range(0, len(rows), ENCODE_BATCH):
                 batch = rows[start : start + ENCODE_BATCH]
-                out = len(items)
+                at = slice(len(out.items), len(out.items) + len(batch))
                 encoded = retriever.encode_items(cache, batch, header.auto_tags)
-                if encoded.shape != (len(batch), dim):
+                if encoded.shape != (len(batch), header.dim):
                     raise AmrError(
-                        f"{_describe(retriever.spec)}: encode_items returned {encoded.shape}, expected {(len(batch), dim)}"
+                        f"{_describe(retriever.spec)}: encode_items returned {encoded.shape}, expected {(len(batch), header.dim)}"
                     )
                 _require_valid(encoded, [cache.items[i] for i in batch], cache.path)
-                vectors[out : out + len(batch)] = encoded
+                out.vectors[at] = encoded
                 top = np.argsort(-cache.tags[batch], axis=1, kind="stable")[:, :TAGS_STORED]
-                tags[out : out + len(batch)] = top
-                probs[out : out + len(batch)] = np.take_along_axis(cache.tags[batch], top, axis=1)
-                items.extend(cache.items[i] for i in batch)
+                out.tags[at] = top
+                out.probs[at] = np.take_along_axis(cache.tags[batch], top, axis=1)
+                out.items.extend(cache.items[i] for i in batch)
                 bar.advance(task, len(batch))
-    return items, vectors, (tags, probs)
+    return out
 
 
 def _require_valid(vectors: np.ndarray, items: list[Item], cache: Path) -> None:
@@ -552,14 +591,16 @@ def _require_valid(vectors: np.ndarray, items: list[Item], cache: Path) -> None:
         raise AmrError(f"{cache}: item {item.id!r} got a zero or non-finite vector ({len(bad)} items in this batch)")
 
 
-def _previous(output: Path, header: IndexHeader, retriever: Retriever) -> Index:
-    """The index to append to, after checking it was built by the same model
-    from the same audio model."""
+def _previous(output: Path, header: IndexHeader, retriever: Retriever, auto_tags: int | None) -> Index:
+    """The index to append to, after checking it was built by the same model,
+    from the same audio model, with the same auto tags (when given)."""
     if not output.exists():
         raise AmrError(f"{output}: no index to append to; build it first (without --append)")
     previous = Index(output)
     previous.header.require_retriever(retriever, output)
     previous.header.audio.require_compatible(header.audio, ", ".join(header.sources))
+    if auto_tags is not None and auto_tags != previous.header.auto_tags:
+        raise AmrError(f"{output}: was built with auto tags {previous.header.auto_tags}, not {auto_tags}; append with the same")
     return previous
 
 

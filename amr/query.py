@@ -127,7 +127,7 @@ def _run_batch(
     searcher: Searcher, batch: list[QueryInput | Failure], top: int, explain_scores: bool, exact: bool
 ) -> Iterator[Result | Failure]:
     failures: dict[int, Failure] = {}
-    sequences: dict[int, np.ndarray] = {}
+    sequences: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # query → (frames, tag probabilities)
     for i, q in enumerate(batch):
         if isinstance(q, Failure):
             failures[i] = q
@@ -145,7 +145,8 @@ def _run_batch(
     if texts:
         vectors[texts] = searcher.retriever.encode_queries([batch[i].text for i in texts])
     if sequences:
-        vectors[list(sequences)] = searcher.retriever.encode_examples(list(sequences.values()))
+        clips = list(sequences.values())
+        vectors[list(sequences)] = searcher.retriever.encode_examples([c[0] for c in clips], np.stack([c[1] for c in clips]))
     ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for members, segment in ((texts, None), (list(sequences), EXAMPLE_SEGMENT)):
         if members:
@@ -236,24 +237,11 @@ class ClipEmbedder:
             )
         return cls(load_audio_model(weights))
 
-    def embed(self, path: Path) -> np.ndarray:
-        """(T, C) float32 frames of the clip: each 10 s window on its own,
-        padded with the log-mel of silence exactly as `amr extract` pads it."""
-        import torch
+    def embed(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(T, C) float32 frames and tag probabilities of the clip, as `amr extract` computes them."""
+        from amr.extract import embed_file
 
-        from amr import audio
-        from amr.extract import MODEL_STRIDE, PAD_MULTIPLE, SILENCE
-
-        sequences = []
-        with torch.inference_mode():
-            for window in audio.iter_windows(Path(path)):
-                mel = self.front_end(torch.from_numpy(window)[None])
-                frames = mel.shape[-1]
-                padded = torch.full((1, 1, mel.shape[2], -(-frames // PAD_MULTIPLE) * PAD_MULTIPLE), SILENCE)
-                padded[..., :frames] = mel
-                embedded, _ = self.model(padded)
-                sequences.append(embedded[0, : -(-frames // MODEL_STRIDE)].numpy())
-        return np.concatenate(sequences)
+        return embed_file(path, self.model, self.front_end)
 
 
 # --- output -------------------------------------------------------------------------------

@@ -294,6 +294,8 @@ def train(
     caches = open_caches([Path(c) for c in training.caches])
     try:
         return _train(caches, Path(output).resolve(), model_config, training, resume, progress, text)
+    except KeyboardInterrupt:  # before the training loop (which reports what it kept)
+        raise AmrError(f"interrupted before training started; nothing was kept in {output}") from None
     finally:
         for cache in caches:
             cache.close()

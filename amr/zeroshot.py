@@ -57,7 +57,11 @@ class ZeroShotRetriever:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return {"kind": "zero-shot", **asdict(self.config)}
+        return {"kind": "zero-shot", **self.spec_of(self.config)}
+
+    @staticmethod
+    def spec_of(config: ZeroShotConfig) -> dict[str, Any]:
+        return {**asdict(config), "metadata_fields": list(config.metadata_fields)}
 
     @cached_property
     def fingerprint(self) -> str:
@@ -110,6 +114,20 @@ class ZeroShotRetriever:
         probabilities) in the audio segment, zeros in the metadata segment."""
         audio = self.audio_vectors(tags)
         return np.concatenate([audio, np.zeros_like(audio)], axis=1)
+
+
+def zero_shot_variants(ablate: bool) -> list[tuple[str, ZeroShotRetriever]]:
+    """The fused zero-shot model and, with ``ablate``, its audio-only and
+    metadata-only halves (one text encoder shared): the evaluation rows that
+    show whether fusion beats both sources."""
+    fused = ZeroShotRetriever()
+    variants = [("zero-shot", fused)]
+    if ablate:
+        variants += [
+            ("zero-shot audio only", ZeroShotRetriever(ZeroShotConfig(metadata_weight=0.0), fused.text)),
+            ("zero-shot metadata only", ZeroShotRetriever(ZeroShotConfig(audio_weight=0.0), fused.text)),
+        ]
+    return variants
 
 
 def with_machine_tags(item: Item, tag_probabilities: np.ndarray, k: int) -> Item:

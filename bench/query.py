@@ -3,6 +3,7 @@
     python bench/query.py                      # 1e4, 1e5, 1e6 (a few minutes per 1e6 build)
     python bench/query.py --sizes 1e4,1e5      # a quick run
     python bench/query.py --checkpoint CKPT    # the dimension and query encoder of a trained model
+    python bench/query.py --width 256          # an untrained model of width 256 (512-dim late-fusion vectors)
 
 For each size an index of synthetic item vectors is written at the retriever's
 dimension, measured with exact search, then given its approximate index
@@ -17,8 +18,10 @@ in a fresh process (so memory is that of a query process):
   them by exact score; that is part of amr's overhead); for exact search
   faiss.knn over the same memory map;
 * throughput with queries in batches of 64, with and without text encoding;
-* resident memory the opened index adds, after the queries (memory-mapped
-  pages of the vectors count once touched: all of them for exact search);
+* resident memory the opened index adds, after the queries: anonymous
+  (loaded: the FAISS sidecar) and file-backed (memory-mapped pages of the
+  vectors, shared with the page cache: all of them for exact search, and
+  for re-ranking the kernel maps pages around each row read);
 * recall@10 of the approximate index against exact search.
 
 Synthetic vectors (what and why): real embedding collections are clustered
@@ -54,7 +57,17 @@ import faiss
 import numpy as np
 
 from amr.cache import CacheInfo
-from amr.index import IndexHeader, add_ann, exact_search, load_retriever, open_index, recall_at, search, write_index
+from amr.index import (
+    IndexHeader,
+    add_ann,
+    checkpoint_spec,
+    exact_search,
+    load_retriever,
+    open_index,
+    recall_at,
+    search,
+    write_index,
+)
 from amr.items import Item
 from amr.query import QueryInput, Searcher, run_queries
 
@@ -152,8 +165,9 @@ def write_synthetic(path: Path, synthetic: Synthetic, retriever) -> float:
 # --- the query encoder ----------------------------------------------------------------------
 
 
-def untrained_checkpoint(directory: Path) -> Path:
-    """A checkpoint of an untrained model of the default configuration."""
+def untrained_checkpoint(directory: Path, width: int | None) -> Path:
+    """A checkpoint of an untrained model of the default configuration (of
+    model ``width``, when given: late fusion vectors have twice as many dims)."""
     import torch
 
     from amr.checkpoint import save_model, write_config
@@ -164,7 +178,8 @@ def untrained_checkpoint(directory: Path) -> Path:
     torch.manual_seed(0)
     entry = WEIGHTS["mn04_as"]
     audio = CacheInfo("mn04_as", entry.sha256 or "", 384, 527, 32000, 3.125, 10.0, 0)
-    model = RetrievalModel(ModelConfig(audio_dim=audio.embed_dim), TextEncoder())
+    config = ModelConfig(audio_dim=audio.embed_dim, **({"width": width} if width else {}))
+    model = RetrievalModel(config, TextEncoder())
     directory.mkdir(parents=True, exist_ok=True)
     write_config(directory, model, audio, training={"untrained": True})
     save_model(directory, model)
@@ -187,35 +202,43 @@ class GivenVectors:
 # --- measuring (in a fresh process) ---------------------------------------------------------
 
 
-def rss_mib() -> float:
+def rss_mib() -> dict[str, float]:
+    """Resident memory: anonymous (the process's own) and file-backed (mapped
+    pages of the index files, shared with the page cache and reclaimable)."""
+    fields = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields
 
 
 def timed(calls, limit: float = TIME_LIMIT) -> np.ndarray:
-    """Milliseconds per call, stopping early after ``limit`` seconds (at least 10 calls)."""
+    """Milliseconds per call of each column of ``calls`` (tuples of calls, run
+    in turn, so that compared calls share the machine's moods), stopping after
+    ``limit`` seconds (at least 10 rows): (rows, columns)."""
     times, started = [], time.perf_counter()
-    for call in calls:
-        t = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t) * 1000)
+    for row in calls:
+        times.append([])
+        for call in row:
+            t = time.perf_counter()
+            call()
+            times[-1].append((time.perf_counter() - t) * 1000)
         if len(times) >= 10 and time.perf_counter() - started > limit:
             break
     return np.array(times)
 
 
-def measure(path: Path, n: int, seed: int, count: int, threads: int) -> dict:
+def measure(path: Path, checkpoint: Path, n: int, seed: int, count: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)  # as `amr query --threads`
-    index = open_index(path)
-    retriever = load_retriever(index.header.retriever)
-    queries = Synthetic(n, index.header.dim, seed).queries(count)
+    retriever = load_retriever(checkpoint_spec(checkpoint))
     texts = [TEXTS[i % len(TEXTS)] for i in range(count)]
     before = rss_mib()
+    index = open_index(path)
+    queries = Synthetic(n, index.header.dim, seed).queries(count)
     text_searcher = Searcher(index, retriever)
     vector_searcher = Searcher(index, GivenVectors(retriever, queries))
 
@@ -235,9 +258,9 @@ def measure(path: Path, n: int, seed: int, count: int, threads: int) -> dict:
     for i in range(5):  # warm up: the encoder, and the pages a query touches first
         one(text_searcher, texts[i])()
         one(vector_searcher, f"q{i}")()
-    e2e = timed(one(text_searcher, t) for t in texts)
-    vectors_only = timed(one(vector_searcher, f"q{i}") for i in range(count))
-    faiss_only = timed(bare(queries[i : i + 1]) for i in range(count))
+    e2e = timed((one(text_searcher, t),) for t in texts)[:, 0]
+    pairs = timed((one(vector_searcher, f"q{i}"), bare(queries[i : i + 1])) for i in range(count))
+    vectors_only, faiss_only = pairs[:, 0], pairs[:, 1]
     row = {
         "items": n,
         "index": f"{index.ann_info.kind} nlist {index.ann_info.nlist} nprobe {index.ann_info.nprobe}" if index.ann_info else "exact",
@@ -248,7 +271,7 @@ def measure(path: Path, n: int, seed: int, count: int, threads: int) -> dict:
         "faiss_p50": float(np.percentile(faiss_only, 50)),
         "qps_e2e": batch(text_searcher, texts),
         "qps_search": batch(vector_searcher, [f"q{i}" for i in range(count)]),
-        "rss_mib": rss_mib() - before,  # before the recall check, which reads every vector
+        **{f"{key}_mib": value - before[key] for key, value in rss_mib().items()},  # before the recall check
         "timed": [len(e2e), len(vectors_only), len(faiss_only)],
     }
     if index.ann is not None:
@@ -259,9 +282,12 @@ def measure(path: Path, n: int, seed: int, count: int, threads: int) -> dict:
 
 
 def measure_in_child(path: Path, n: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--measure", str(path), "--sizes", str(n), "--seed", str(args.seed)]
+    command = [sys.executable, __file__, "--measure", str(path), "--checkpoint", str(args.checkpoint), "--sizes", str(n)]
+    command += ["--seed", str(args.seed)]
     command += ["--queries", str(args.queries), "--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    # as `amr query --threads` sets it, before numpy loads
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", str(args.threads))}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"measuring {path} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -276,7 +302,7 @@ COLUMNS = [
     ("search_p50", "no-text p50 ms", "{:.3f}"), ("search_p95", "no-text p95 ms", "{:.3f}"),
     ("faiss_p50", "bare FAISS p50 ms", "{:.3f}"), ("overhead", "amr/FAISS", "{:.2f}x"),
     ("qps_e2e", "batch q/s (e2e)", "{:.0f}"), ("qps_search", "batch q/s (no text)", "{:.0f}"),
-    ("rss_mib", "RSS +MiB", "{:.0f}"), ("recall_at_10", "recall@10", "{:.3f}"),
+    ("RssAnon_mib", "RSS anon +MiB", "{:.0f}"), ("RssFile_mib", "RSS file +MiB", "{:.0f}"), ("recall_at_10", "recall@10", "{:.3f}"),
 ]
 
 
@@ -292,26 +318,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated index sizes [default: 1e4,1e5,1e6]")
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint [default: an untrained model]")
+    parser.add_argument("--width", type=int, help="model width of the untrained model [default: ModelConfig's]")
     parser.add_argument("--queries", type=int, default=200, help="queries per measurement [default: 200]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="query encoder threads, as amr query --threads [default: 1]")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the query encoder and BLAS, as amr query --threads [default: 1]")
     parser.add_argument("--work", type=Path, help="folder for the indexes [default: a temporary one, removed]")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, parse_sizes(args.sizes)[0], args.seed, args.queries, args.threads)))
+        print(json.dumps(measure(args.measure, args.checkpoint, parse_sizes(args.sizes)[0], args.seed, args.queries, args.threads)))
         return
 
     work = args.work or Path(tempfile.mkdtemp(prefix="amr-bench-query-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        checkpoint = args.checkpoint or untrained_checkpoint(work / "untrained")
-        retriever = load_retriever({"kind": "checkpoint", "path": str(checkpoint.resolve())})
+        trained = args.checkpoint is not None
+        args.checkpoint = args.checkpoint or untrained_checkpoint(work / "untrained", args.width)
+        retriever = load_retriever(checkpoint_spec(args.checkpoint))
         print(
-            f"query encoder: {'checkpoint ' + str(checkpoint) if args.checkpoint else 'untrained default model'} "
+            f"query encoder: {'checkpoint ' + str(args.checkpoint) if trained else 'untrained default model'} "
             f"(fusion {retriever.fusion}, {sum(d for _, d in retriever.segments)} dims); "
             f"{os.cpu_count()} CPUs, faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads, "
-            f"query encoder {args.threads} thread(s); load average {os.getloadavg()[0]:.1f}",
+            f"query encoder and BLAS {args.threads} thread(s); load average {os.getloadavg()[0]:.1f}",
             file=sys.stderr,
         )
         rows = []

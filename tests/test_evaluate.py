@@ -63,9 +63,6 @@ class FakeRetriever:
                 out[q, (int(number) + self.shift) % SLOTS] = len(numbers) - position
         return out
 
-    def encode_examples(self, sequences: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
-
 
 # (item, slot). Test split: t0..t3; the train item is never evaluated on the test split.
 ITEMS = [

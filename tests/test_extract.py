@@ -182,6 +182,14 @@ def test_long_file_split_into_worker_segments(tmp_path: Path, weights, monkeypat
         np.testing.assert_array_equal(a.all_frames(), b.all_frames())
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
 KILLABLE = textwrap.dedent(
     """
     import sys
@@ -212,8 +220,14 @@ def test_sigkill_leaves_readable_parts_and_rerun_completes_identically(shared: P
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*.h5"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    children = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()]
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    assert children, "the run should have started decoding workers"
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in children), "orphaned workers must exit with their parent"
     written = sorted(parts.glob("part-*.h5"))
     assert written and not killed.exists(), "the run should have been killed mid-way"
     for part in written:  # every part left behind is a complete, readable cache

@@ -78,7 +78,7 @@ class FakeRetriever:
         q = np.stack([words(t) for t in texts])
         return np.concatenate([q, q], axis=1)
 
-    def encode_examples(self, sequences: list[np.ndarray]) -> np.ndarray:
+    def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
         a = np.stack([self.audio(s) for s in sequences])
         return np.concatenate([a, np.zeros_like(a)], axis=1)
 
@@ -313,7 +313,7 @@ def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, 
     output = tmp_path / "big.h5"
     report = build_index(VectorRetriever(vectors), [big_cache], output, ann=True, progress=False)
     info = report.ann
-    assert info is not None and info.nlist == min(round(4 * np.sqrt(4000)), 4000 // 39) and info.recall_at_10 >= 0.97
+    assert info is not None and info.nlist == min(round(2 * np.sqrt(4000)), 4000 // 39) and info.recall_at_10 >= 0.97
     index = open_index(output)
     assert index.ann is not None and index.ann.nprobe == info.nprobe
     queries = vectors[4100:]

@@ -175,9 +175,9 @@ def test_every_fusion_trains_and_loads_as_a_retriever(fusion: str, cache: Path, 
             np.testing.assert_allclose(tagged[has], items[has], atol=1e-6)
         if fusion == "metadata":
             with pytest.raises(AmrError, match="cannot search by audio example"):
-                retriever.encode_examples([c.sequence(0)])
+                retriever.encode_examples([c.sequence(0)], c.tags[:1])
         else:
-            assert retriever.encode_examples([c.sequence(0)]).shape == (1, dim)
+            assert retriever.encode_examples([c.sequence(0)], c.tags[:1]).shape == (1, dim)
 
 
 def test_fine_tuning_trains_and_stores_the_text_encoder(cache: Path, tmp_path: Path, text_encoder) -> None:
