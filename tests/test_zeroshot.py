@@ -100,3 +100,25 @@ def test_query_by_example_uses_the_audio_segment(retriever: ZeroShotRetriever, c
     audio = retriever.encode_items(cache, range(len(cache)))[:, :d]
     scores = query[:, :d] @ (audio / np.linalg.norm(audio, axis=1, keepdims=True)).T
     assert int(np.argmax(scores)) == dog
+
+
+def test_cli_zero_shot_index_query_and_three_row_evaluation(sounds_cache: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from amr.cli import app
+
+    runner = CliRunner()
+    index = tmp_path / "zs.h5"
+    built = runner.invoke(app, ["index", str(sounds_cache), "--zero-shot", "-o", str(index), "-w", str(tmp_path)])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout.strip().splitlines()[-1])["items"] == 39
+    found = runner.invoke(app, ["query", "dog barking", "-i", str(index), "--top", "1", "--format", "jsonl"])
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)["id"] == "bigsoundbank-dog"
+    scored = runner.invoke(app, ["evaluate", "--zero-shot", "--ablate", "--cache", str(sounds_cache), "--split", "all", "--json", "-w", str(tmp_path)])
+    assert scored.exit_code == 0, scored.output
+    summary = json.loads(scored.stdout.strip().splitlines()[-1])
+    mean_ap = {model["name"]: model["metrics"]["mAP@10"] for model in summary["models"]}
+    assert mean_ap["zero-shot"] > max(mean_ap["zero-shot audio only"], mean_ap["zero-shot metadata only"])
