@@ -276,7 +276,7 @@ def query(
 
 @app.command()
 def evaluate(
-    checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="Trained checkpoints, e.g. the runs of three seeds (default: the workspace's latest, unless --index or --bm25 is given).", show_default=False)] = None,
+    checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="Trained checkpoints, e.g. the runs of three seeds (default: the workspace's latest, if any, unless --index is given).", show_default=False)] = None,
     index_paths: Annotated[Optional[list[Path]], typer.Option("--index", "-i", help="Evaluate an index: its vectors, queries encoded by the model that built it (repeatable).")] = None,
     caches: Annotated[Optional[list[Path]], typer.Option("--cache", help="Cache files holding the evaluated items (repeatable) (default: the workspace's latest cache; with only --index, the first index's items).")] = None,
     split: Annotated[str, typer.Option("--split", "-s", help="Evaluate the items of this split: train, val, test, or all.")] = "test",
@@ -312,7 +312,13 @@ def evaluate(
 
     ws = Workspace.resolve(workspace)
     index_paths = index_paths or []
-    checkpoints = checkpoints or ([] if index_paths or bm25 or zero_shot else [ws.latest("checkpoint")])
+    if not checkpoints and not index_paths:
+        try:
+            checkpoints = [ws.latest("checkpoint")]
+        except AmrError:
+            if not (bm25 or zero_shot):
+                raise
+            checkpoints = []  # baselines alone, before any training
     names = model_names([*checkpoints, *index_paths])
     indexes = [open_index(path) for path in index_paths]
     scorers: list[Scorer] = [RetrieverScorer(name, load_retriever(checkpoint_spec(path))) for name, path in zip(names, checkpoints)]
