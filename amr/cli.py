@@ -61,7 +61,7 @@ def extract(
     audio_model: Annotated[Optional[str], typer.Option(help="EfficientAT model name, mn01_as … mn40_as_ext (default: mn04_as, or the name of --audio-weights).")] = None,
     audio_weights: Annotated[Optional[Path], typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model.")] = None,
     augment_views: Annotated[int, typer.Option(min=0, help="Also store K SpecAugmented sequences per clip, for training.")] = 0,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding processes (default: CPU cores - 1).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding processes (default: one per CPU core).")] = None,
     layout: Annotated[Optional[str], typer.Option(help="Dataset layout: clotho, audiocaps or generic (default: detected).")] = None,
     lenient: Annotated[bool, typer.Option(help="Skip malformed manifest rows (reported) instead of failing.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the SpecAugment views.")] = 0,

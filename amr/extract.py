@@ -6,7 +6,7 @@ The pipeline, built for throughput on a few CPU cores and flat memory:
   clips (in segments of a few minutes, so an hour-long file never sits in
   memory whole), a bounded number of tasks in flight;
 * the main process groups 10 s windows of similar length into batches
-  (mel frames padded to a multiple of PAD_MULTIPLE with the log-mel of digital
+  (mel frames padded to one of a few bucket widths with the log-mel of digital
   silence; a clip's padding depends on its own length only, so its embedding
   does not depend on which clips it was batched with) and runs the model;
 * finished clips are written in *parts* (complete cache files, renamed into
@@ -45,14 +45,15 @@ from amr.errors import AmrError
 from amr.items import Item
 from amr.weights import ResolvedWeights, load_audio_model
 
-# Mel frames a window is padded to a multiple of. Padding is not free: the
-# squeeze-excitation layers average over time, so silence appended to a clip
-# changes all of its frames a little; 8 frames (80 ms) keep that negligible and
-# leave full 10 s windows (1000 frames) unpadded, as EfficientAT sees them.
-PAD_MULTIPLE = 8
+# Windows are padded (with the log-mel of silence) to a few bucket widths so
+# that they can be batched. Padding is not free: the squeeze-excitation layers
+# average over time, so silence appended to a clip changes all of its frames a
+# little. Buckets are therefore at most 1/8 wider than what they hold (8 mel
+# frames at least), and full 10 s windows stay unpadded, as EfficientAT sees them.
+MIN_PAD = 8
 MODEL_STRIDE = 32
 BATCH_FRAMES = 4096  # mel frames per model batch: about 4 windows of 10 s (larger batches run slower on CPU caches)
-PENDING_FRAMES = 16 * BATCH_FRAMES  # mel frames waiting for a batch before partial batches run (~130 MB)
+PENDING_FRAMES = 64 * BATCH_FRAMES  # mel frames waiting for a batch before partial batches run (~130 MB)
 SEGMENT_WINDOWS = 18  # windows a worker decodes per task (3 minutes of audio)
 PART_SIZE = 256  # clips per part file
 SILENCE = (math.log(audio.LOG_OFFSET) + audio.NORM_SHIFT) / audio.NORM_SCALE  # normalised log-mel of digital silence
@@ -79,7 +80,9 @@ class ExtractReport:
 
 
 def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
+    """One decoding process per core: decoding and the log-mel cost about as
+    much as the model, which runs on one thread beside them."""
+    return os.cpu_count() or 1
 
 
 def extract(
@@ -160,6 +163,14 @@ def extract(
     )
 
 
+def bucket_width(frames: int) -> int:
+    """The padded width of a window of ``frames`` mel frames (see MIN_PAD)."""
+    if frames == audio.mel_frames(round(audio.WINDOW_SECONDS * audio.SAMPLE_RATE)):
+        return frames
+    step = max(MIN_PAD, 1 << max(0, frames.bit_length() - 4))
+    return -(-frames // step) * step
+
+
 def failures_path(cache: Path) -> Path:
     return cache.with_name(cache.stem + ".failures.jsonl")
 
@@ -172,7 +183,7 @@ def embed_file(path: Path, model: torch.nn.Module, front_end: audio.MelFrontEnd)
         for window in audio.iter_windows(Path(path)):
             mel = front_end(torch.from_numpy(window)[None])
             frames = mel.shape[-1]
-            width = -(-frames // PAD_MULTIPLE) * PAD_MULTIPLE
+            width = bucket_width(frames)
             padded = torch.full((1, 1, audio.N_MELS, width), SILENCE)
             padded[..., :frames] = mel
             embedded, _ = model(padded)
@@ -374,7 +385,7 @@ def _run_pipeline(
     def add_segment(segment: _Segment) -> Iterator[ClipEmbedding]:
         state = states[segment.item_index]
         for w, mel in enumerate(segment.mels):
-            width = -(-mel.shape[1] // PAD_MULTIPLE) * PAD_MULTIPLE
+            width = bucket_width(mel.shape[1])
             window = state.next_window
             buckets[width].append((segment.item_index, window, -1, mel))
             if k_views:
@@ -388,7 +399,8 @@ def _run_pipeline(
         while sum(width * len(rows) for width, rows in buckets.items()) > PENDING_FRAMES:
             yield from run_bucket(max(buckets, key=lambda width: width * len(buckets[width])))
 
-    context = get_context("spawn")
+    # fork: workers start at once (spawn would import torch again in each)
+    context = get_context("fork")
     progress_bar = Progress(
         TextColumn("extract"),
         BarColumn(),

@@ -60,7 +60,7 @@ class ModelConfig:
     --freeze-text` epoch on Clotho (19,195 pairs of 47-94 frames) must fit in
     a minute on two CPU cores, and the audio tower is nearly all of that time
     (bench/train.py: 43 s per epoch with late fusion, 96 % of it in the forward
-    and backward pass). Width 256 costs about twice as much per step (over 90 s
+    and backward pass). Width 256 costs about twice as much per step (about 80 s
     per epoch); on sfx-dev's val split width 128 x 2 layers matched 256 x 2 and
     256 x 1 within seed noise. The retrieval space has the model width.
     ``metadata`` lists item fields (amr.items.METADATA_FIELDS) or is

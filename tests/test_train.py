@@ -152,9 +152,9 @@ def test_resume_after_an_interruption_continues_identically(cache: Path, tmp_pat
 
 @pytest.mark.parametrize("fusion", ["none", "metadata", "late", "mid"])
 def test_every_fusion_trains_and_loads_as_a_retriever(fusion: str, cache: Path, tmp_path: Path, text_encoder) -> None:
-    model, training = configs(cache, fusion=fusion, epochs=3)
+    model, training = configs(cache, fusion=fusion, epochs=6)
     result = train(tmp_path / "ck", model, training, progress=False, text=text_encoder)
-    assert result.best_map10 > 0.3  # chance is about 0.1 on this set
+    assert result.best_map10 > 0.45  # a random ranking of the 10 val items scores 0.29
     retriever = load_checkpoint(tmp_path / "ck", text=text_encoder)
     assert retriever.fusion == fusion and retriever.spec == {"kind": "checkpoint", "path": str(tmp_path / "ck")}
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
