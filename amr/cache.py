@@ -29,6 +29,7 @@ import numpy as np
 
 from amr import __version__
 from amr.errors import AmrError
+from amr.hdf5 import open_versioned
 from amr.items import Item
 
 FORMAT = "amr-embedding-cache"
@@ -182,20 +183,7 @@ def open_caches(paths: Sequence[Path]) -> list[EmbeddingCache]:
 
 
 def _open(path: Path) -> h5py.File:
-    if not Path(path).exists():
-        raise AmrError(f"{path}: no such cache file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise AmrError(f"{path}: not a readable HDF5 file ({e})") from e
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise AmrError(f"{path}: not an amr embedding cache")
-    version = int(f.attrs.get("version", -1))
-    if version != VERSION:
-        f.close()
-        raise AmrError(f"{path}: cache format version {version}, this amr reads version {VERSION}")
-    return f
+    return open_versioned(path, FORMAT, VERSION, "embedding cache")
 
 
 def _info_from_attrs(path: Path, f: h5py.File) -> CacheInfo:

@@ -59,6 +59,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from amr import __version__
 from amr.cache import CacheInfo, EmbeddingCache, open_caches
 from amr.errors import AmrError
+from amr.hdf5 import open_versioned
 from amr.items import Item
 
 FORMAT = "amr-index"
@@ -623,20 +624,7 @@ def _write_attrs(f: h5py.File, header: IndexHeader, ann: str) -> None:
 
 
 def _open(path: Path) -> h5py.File:
-    if not path.exists():
-        raise AmrError(f"{path}: no such index file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise AmrError(f"{path}: not a readable HDF5 file ({e})") from e
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise AmrError(f"{path}: not an amr index")
-    version = int(f.attrs["version"])
-    if version != VERSION:
-        f.close()
-        raise AmrError(f"{path}: index format version {version}, this amr reads version {VERSION}")
-    return f
+    return open_versioned(path, FORMAT, VERSION, "index")
 
 
 _DATASETS = ("vectors", "ids", "items", "item_offsets", "segment_norms", "tags", "tag_probs")

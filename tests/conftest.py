@@ -52,3 +52,14 @@ def sounds_cache(tmp_path_factory, shared: Path, mn04_weights: Path) -> Path:
     if report.failures:
         raise RuntimeError(f"extracting the shared sounds set failed: {report.failures}")
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one torch thread (tiny models: fastest, and immune to a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,7 @@ from amr.model import MAX_FRAMES, AudioTower, ModelConfig, RetrievalModel, item_
 TINY = dict(audio_dim=12, width=16, depth=2, heads=2, ff=32, dropout=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and are immune to a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 def model_of(fusion: str, text_encoder) -> RetrievalModel:

@@ -27,13 +27,7 @@ DIM = 12
 TINY = dict(width=16, depth=1, heads=2, ff=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and are immune to a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 def synthetic_cache(path: Path, n: int = 48, views: int = 2, splits: tuple[str, ...] = ("train", "val"), model: str = "synthetic") -> Path:

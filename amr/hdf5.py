@@ -1,0 +1,28 @@
+"""Opening amr's HDF5 files (embedding caches, indexes): each names its format and version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+
+from amr.errors import AmrError
+
+
+def open_versioned(path: Path, format_name: str, version: int, kind: str) -> h5py.File:
+    """Open ``path`` read-only, refusing a missing file, a file of another
+    format and a version this amr does not read, with a message naming it."""
+    if not Path(path).exists():
+        raise AmrError(f"{path}: no such {kind} file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise AmrError(f"{path}: not a readable HDF5 file ({e})") from e
+    if f.attrs.get("format") != format_name:
+        f.close()
+        raise AmrError(f"{path}: not an amr {kind}")
+    found = int(f.attrs.get("version", -1))
+    if found != version:
+        f.close()
+        raise AmrError(f"{path}: {kind} format version {found}, this amr reads version {version}")
+    return f
