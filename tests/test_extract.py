@@ -242,3 +242,41 @@ def test_sigkill_leaves_readable_parts_and_rerun_completes_identically(shared: P
         np.testing.assert_array_equal(a.lengths, b.lengths)
         np.testing.assert_array_equal(a.all_frames(), b.all_frames())
         np.testing.assert_array_equal(a.tags, b.tags)
+
+
+def test_padding_buckets_stay_tight_and_leave_full_windows_alone() -> None:
+    from amr import audio
+    from amr.extract import MIN_PAD, bucket_width
+
+    full = audio.mel_frames(round(audio.WINDOW_SECONDS * audio.SAMPLE_RATE))
+    assert bucket_width(full) == full == 1000
+    widths = [bucket_width(frames) for frames in range(1, full)]
+    for frames, width in zip(range(1, full), widths):
+        assert frames <= width <= max(frames + MIN_PAD - 1, frames * 9 // 8)
+    assert widths == sorted(widths) and len(set(widths)) <= 48  # few buckets: batches fill up
+
+
+def test_folded_batch_norm_computes_the_same_frames(mn04_model, sounds: list[Item]) -> None:
+    import torch
+
+    from amr import audio
+    from amr.extract import fold_batch_norm
+
+    window = next(audio.iter_windows(Path(sounds[0].audio)))
+    mel = audio.MelFrontEnd()(torch.from_numpy(window)[None])
+    with torch.inference_mode():
+        plain, _ = mn04_model(mel)
+        folded, _ = fold_batch_norm(mn04_model)(mel)
+    torch.testing.assert_close(folded, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_embed_file_matches_the_cache(sounds_cache: Path, mn04_model) -> None:
+    """Query by example embeds a clip as `amr extract` did (to float16 precision)."""
+    from amr import audio
+    from amr.extract import embed_file
+
+    with EmbeddingCache(sounds_cache) as cache:
+        i = cache.index_of("bigsoundbank-dog")
+        frames, tags = embed_file(Path(cache.items[i].audio), mn04_model, audio.MelFrontEnd())
+        np.testing.assert_allclose(frames, cache.sequence(i), atol=2e-2)
+        np.testing.assert_allclose(tags, cache.tags[i], atol=2e-2)
