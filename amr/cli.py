@@ -43,7 +43,7 @@ def zero_shot_spec(text_model: str | None, audio_weight: float, metadata_weight:
     from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
     config = ZeroShotConfig(text_model or DEFAULT_TEXT_MODEL, audio_weight, metadata_weight)
-    return {"kind": "zero-shot", **ZeroShotRetriever.spec_of(config)}
+    return ZeroShotRetriever.spec_of(config)
 
 
 def main() -> None:

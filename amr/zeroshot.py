@@ -57,11 +57,12 @@ class ZeroShotRetriever:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return {"kind": "zero-shot", **self.spec_of(self.config)}
+        return self.spec_of(self.config)
 
     @staticmethod
     def spec_of(config: ZeroShotConfig) -> dict[str, Any]:
-        return {**asdict(config), "metadata_fields": list(config.metadata_fields)}
+        """What load_zero_shot (through amr.index.load_retriever) rebuilds it from."""
+        return {"kind": "zero-shot", **asdict(config), "metadata_fields": list(config.metadata_fields)}
 
     @cached_property
     def fingerprint(self) -> str:
