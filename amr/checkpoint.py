@@ -8,12 +8,15 @@ A checkpoint is a directory::
                         "text": the text encoder's name or directory, fingerprint
                         and whether its weights are stored; "training": the
                         TrainConfig; "best": epoch and validation mAP@10
-    model.safetensors   the best epoch's weights (no pickle). A frozen text
+    model.safetensors   the kept weights (the best epoch's, interpolated with the
+                        start; no pickle). A frozen text
                         encoder is not stored: it is rebuilt from its name and
                         refused if its fingerprint differs
-    log.jsonl           one JSON object per completed epoch
+    log.jsonl           one JSON object per completed epoch (epoch 0: before training)
     state.safetensors   the last completed epoch, to resume training: weights,
                         optimizer and scheduler state, epoch, history
+    start.safetensors   the weights training started from (from zero-shot), which
+                        the kept model is interpolated with (amr.train)
 
 Every file is written to a temporary name and renamed into place, so a killed
 run leaves the previous version intact.
@@ -24,9 +27,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +38,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from amr import __version__
+from amr.audioset import top_tags
 from amr.cache import CacheInfo, EmbeddingCache
 from amr.errors import AmrError
-from amr.model import ModelConfig, RetrievalModel, item_metadata
+from amr.files import atomic_output, atomic_write, sha256_files
+from amr.model import CAPTIONS, ModelConfig, RetrievalModel, item_metadata
 from amr.text import TextEncoder
 
 FORMAT = "amr-checkpoint"
@@ -44,6 +50,7 @@ VERSION = 1
 CONFIG = "config.json"
 MODEL = "model.safetensors"
 STATE = "state.safetensors"
+START = "start.safetensors"
 LOG = "log.jsonl"
 _TEXT_PREFIX = "text."  # state-dict keys of the (shared) text encoder
 
@@ -71,18 +78,25 @@ def write_config(
         "training": training,
         "best": best,
     }
-    _write_atomic(directory / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(directory / CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def checkpoint_spec(path: Path) -> dict[str, Any]:
+    """What amr.retrievers.load_retriever rebuilds a checkpoint's retriever from."""
+    return {"kind": "trained", "path": str(Path(path).resolve())}
 
 
 def read_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
-    if not path.exists():
+    if not path.is_file():
         raise AmrError(f"{directory}: not a checkpoint (no {CONFIG})")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise AmrError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
-    if config.get("format") != FORMAT:
+    except (OSError, UnicodeDecodeError) as e:
+        raise AmrError(f"{path}: cannot read it ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise AmrError(f"{path}: not an amr checkpoint")
     if config.get("version") != VERSION:
         raise AmrError(f"{path}: checkpoint format version {config.get('version')}, this amr reads version {VERSION}")
@@ -92,21 +106,39 @@ def read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def model_config(config: dict[str, Any]) -> ModelConfig:
-    return ModelConfig(**config["model"])
+def model_config(config: dict[str, Any], path: Path | None = None) -> ModelConfig:
+    """The ModelConfig a config.json describes; an unknown or missing option is
+    refused with a message naming the file."""
+    where = f"{path / CONFIG}: " if path is not None else ""
+    options = config.get("model")
+    if not isinstance(options, dict):
+        raise AmrError(f"{where}'model' is not an object of model options")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise AmrError(f"{where}unknown model option(s) {', '.join(unknown)}; this amr knows {', '.join(sorted(known))}")
+    try:
+        return ModelConfig(**options)
+    except AmrError as e:
+        raise AmrError(f"{where}{e}") from None
 
 
-def audio_info(config: dict[str, Any]) -> CacheInfo:
-    return CacheInfo(**{f.name: config["audio"][f.name] for f in fields(CacheInfo)})
+def audio_info(config: dict[str, Any], path: Path | None = None) -> CacheInfo:
+    try:
+        # fields added later (with defaults) may be absent from an older checkpoint's config
+        return CacheInfo(**{f.name: config["audio"][f.name] for f in fields(CacheInfo) if f.name in config["audio"]})
+    except (KeyError, TypeError) as e:
+        where = f"{path / CONFIG}: " if path is not None else ""
+        raise AmrError(f"{where}'audio' lacks {e} (the cache description); the checkpoint is damaged") from None
 
 
 def build_model(config: dict[str, Any], path: Path, text: TextEncoder | None = None) -> RetrievalModel:
     """The model a config describes, with the pretrained text encoder it names
     (refused when its fingerprint differs from the one trained with); see
     ``own_encoder`` for ``text``."""
-    options = model_config(config)
+    options = model_config(config, path)
     text = own_encoder(options, text)
-    expected = config["text"]["fingerprint"]
+    expected = config["text"].get("fingerprint") if isinstance(config["text"], dict) else None
     if text.fingerprint != expected:
         raise AmrError(
             f"{path / CONFIG}: trained with text encoder {options.text_model!r} of fingerprint {expected[:12]}, "
@@ -129,23 +161,39 @@ def own_encoder(options: ModelConfig, text: TextEncoder | None) -> TextEncoder:
 def model_tensors(model: RetrievalModel) -> dict[str, torch.Tensor]:
     """The weights a checkpoint stores (all but a frozen text encoder)."""
     frozen = model.config.freeze_text
-    return {k: v.contiguous() for k, v in model.state_dict().items() if not (frozen and k.startswith(_TEXT_PREFIX))}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not (frozen and k.startswith(_TEXT_PREFIX))}
 
 
 def load_model_tensors(model: RetrievalModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Load stored weights; everything must match exactly (a frozen text
     encoder's weights are the only ones allowed to be absent)."""
-    result = model.load_state_dict(tensors, strict=False)
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # tensors of other shapes
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else str(e))
+        raise AmrError(f"{path}: weights do not match the model in {CONFIG} ({detail})") from None
     missing = [k for k in result.missing_keys if not (model.config.freeze_text and k.startswith(_TEXT_PREFIX))]
     if missing or result.unexpected_keys:
         raise AmrError(
-            f"{path}: weights do not match the model in {CONFIG} "
-            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+            f"{path}: weights do not match the model in {CONFIG} (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
         )
 
 
 def save_model(directory: Path, model: RetrievalModel) -> None:
     _save_tensors(directory / MODEL, model_tensors(model), {"format": FORMAT, "version": str(VERSION)})
+
+
+def save_start(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """The weights training started from (the zero-shot model), which the kept model interpolates with."""
+    _save_tensors(
+        directory / START, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"format": FORMAT, "version": str(VERSION)}
+    )
+
+
+def load_start(directory: Path, model: RetrievalModel) -> dict[str, torch.Tensor]:
+    tensors, _ = _load_tensors(Path(directory) / START)
+    return {k: v.to(model.device) for k, v in tensors.items()}
 
 
 def save_state(
@@ -164,7 +212,7 @@ def save_state(
     for param, state in optim["state"].items():
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{param}.{name}"] = value.contiguous()
+                tensors[f"optimizer.{param}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(param), {})[name] = value
     metadata = {
@@ -203,35 +251,44 @@ def load_state(
 
 
 def write_log(directory: Path, history: Sequence[dict[str, Any]]) -> None:
-    _write_atomic(directory / LOG, "".join(json.dumps(h) + "\n" for h in history).encode())
+    atomic_write(directory / LOG, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def fingerprint(directory: Path) -> str:
     """sha256 of config.json and model.safetensors: identifies the trained model."""
-    digest = hashlib.sha256()
-    for name in (CONFIG, MODEL):
-        with open(Path(directory) / name, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_files([Path(directory) / CONFIG, Path(directory) / MODEL])
+
+
+def configuration(config: dict[str, Any]) -> str:
+    """Identifies a run's whole configuration except its seed (and where it was
+    written): runs that share it are repetitions, which `amr evaluate` averages."""
+    training = {k: v for k, v in config["training"].items() if k != "seed"}
+    described = {"model": config["model"], "audio": config["audio"], "text": config["text"], "training": training}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class TrainedRetriever:
-    """A trained checkpoint as a Retriever (see amr.index.Retriever)."""
+    """A trained checkpoint as a Retriever (see amr.retrievers)."""
 
-    def __init__(self, path: Path, model: RetrievalModel, audio: CacheInfo, fingerprint: str):
+    kind = "trained"
+
+    def __init__(self, path: Path, model: RetrievalModel, audio: CacheInfo, fingerprint: str, configuration: str):
         self.path = Path(path)
         self.model = model
         self.audio = audio
         self.fingerprint = fingerprint
+        self.configuration = configuration
         self.fusion = model.config.fusion
-        self.segments = model.segments
+        self.parts = model.parts
 
     @property
     def spec(self) -> dict[str, Any]:
-        from amr.index import checkpoint_spec
-
         return checkpoint_spec(self.path)
+
+    @property
+    def captions_as_metadata(self) -> bool:
+        """Trained in Clotho's full-sentence setting: an item's metadata is one of its captions."""
+        return self.model.config.uses_metadata and self.model.config.metadata == (CAPTIONS,)
 
     def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
         """(n, dim) vectors of the cache's items ``indices``. With ``auto_tags``
@@ -248,20 +305,41 @@ class TrainedRetriever:
             metadata = [item_metadata(cache.items[i], config.metadata) for i in indices]
             if auto_tags:
                 metadata = [m if m is not None else _auto_tags(cache, i, auto_tags) for m, i in zip(metadata, indices)]
-        sequences = [cache.sequence(i) for i in indices] if config.uses_audio else None
-        return self.model.encode_items(sequences, metadata)
+        return self.encode_items_with_metadata(cache, indices, metadata)
+
+    def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
+        """Each segment's frames and tags through the item tower, with the item's metadata."""
+        self.require_audio(cache)
+        config = self.model.config
+        segments = cache.segments(index)
+        metadata = None
+        if config.uses_metadata:
+            text = item_metadata(cache.items[index], config.metadata)
+            if text is None and auto_tags:
+                text = _auto_tags(cache, index, auto_tags)
+            metadata = [text] * len(segments)
+        sequence = cache.sequence(index)
+        sequences = [sequence[s.start : s.end] for s in segments] if config.uses_audio else None
+        return self.model.encode_items(sequences, np.stack([s.tags for s in segments]), metadata)
+
+    def encode_items_with_metadata(self, cache: EmbeddingCache, indices: Sequence[int], metadata: list[str | None] | None) -> np.ndarray:
+        """Vectors of the cache's items ``indices`` with the metadata texts given (None: no metadata)."""
+        indices = list(indices)
+        sequences = [cache.sequence(i) for i in indices] if self.model.config.uses_audio else None
+        return self.model.encode_items(sequences, cache.tags[indices], metadata)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.model.encode_queries(texts)
 
     def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
-        """The trained audio tower needs the frames only; ``tags`` is unused."""
         if not self.model.config.uses_audio:
             raise AmrError(f"{self.path}: a metadata-only model (fusion 'metadata') cannot search by audio example")
         for s in sequences:
             if s.ndim != 2 or s.shape[1] != self.audio.embed_dim:
-                raise AmrError(f"an example of shape {s.shape} is not a ({self.audio.embed_dim}-dim) frame sequence of {self.audio.audio_model}")
-        return self.model.encode_examples(sequences)
+                raise AmrError(
+                    f"an example of shape {s.shape} is not a ({self.audio.embed_dim}-dim) frame sequence of {self.audio.audio_model}"
+                )
+        return self.model.encode_examples(sequences, tags)
 
     def require_audio(self, cache: EmbeddingCache) -> None:
         """Refuse a cache of another audio model than the one trained with."""
@@ -274,9 +352,10 @@ class TrainedRetriever:
             )
 
 
-def load_checkpoint(path: Path, text: TextEncoder | None = None) -> TrainedRetriever:
-    """The best model of a checkpoint directory, ready to encode. ``text``: the
-    already loaded text encoder it names, to save loading it again (not modified)."""
+def load_checkpoint(path: Path, text: TextEncoder | None = None, device: torch.device | str = "cpu") -> TrainedRetriever:
+    """The best model of a checkpoint directory, on ``device``, ready to encode.
+    ``text``: the already loaded text encoder it names, to save loading it
+    again (not modified)."""
     path = Path(path)
     config = read_config(path)
     if not (path / MODEL).exists():
@@ -284,22 +363,17 @@ def load_checkpoint(path: Path, text: TextEncoder | None = None) -> TrainedRetri
     model = build_model(config, path, text)
     tensors, _ = _load_tensors(path / MODEL)
     load_model_tensors(model, tensors, path / MODEL)
-    model.eval()
-    return TrainedRetriever(path, model, audio_info(config), fingerprint(path))
+    model.to(device).eval()
+    return TrainedRetriever(path, model, audio_info(config, path), fingerprint(path), configuration(config))
 
 
 def _auto_tags(cache: EmbeddingCache, i: int, k: int) -> str:
-    from amr.mobilenet import audioset_class_names
-
-    names = audioset_class_names()
-    top = np.argsort(-cache.tags[i], kind="stable")[:k]
-    return " ".join(names[c] for c in top)
+    return " ".join(name for name, _ in top_tags(cache.tags[i], k))
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -312,9 +386,3 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if metadata.get("format") != FORMAT or metadata.get("version") != str(VERSION):
         raise AmrError(f"{path}: not an amr checkpoint file of version {VERSION}")
     return tensors, metadata
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -18,11 +18,12 @@ The protocol:
   over min(|relevant|, 10)), averaged over queries.
 * **Ties**: an item ranks above every item with the same score that comes
   after it in the item order above, for every model alike.
-* **Several models**: the models of one fusion mode are taken as runs of one
-  configuration (e.g. three seeds); each such group of two or more distinct
-  models (by fingerprint: a checkpoint and an index built with it count once)
-  gets a mean and a sample standard deviation (n - 1) per metric. Zero-shot
-  models and baselines are never averaged.
+* **Several models**: models that share their whole configuration except the
+  seed (the retrievers' ``configuration``) are runs of one configuration;
+  each such group of two or more distinct models (by fingerprint: a
+  checkpoint and an index built with it count once) gets a mean and a sample
+  standard deviation (n - 1) per metric. Zero-shot models (no seed) and
+  baselines are never averaged.
 * **Breakdown** (``by``): each query gets a value, and every metric is also
   averaged over the queries of each value (each still ranks all items).
   ``split`` is the query's split (else its relevant items'); ``has_metadata``
@@ -42,29 +43,36 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+import torch
 from rich.table import Table
 
+from amr.baselines import BM25
 from amr.cache import EmbeddingCache, open_caches
+from amr.checkpoint import checkpoint_spec
+from amr.console import console, progress
+from amr.datasets import load_queries
 from amr.errors import AmrError
-from amr.index import ENCODE_BATCH, Index, Retriever, load_retriever
+from amr.fusion import Fusion
+from amr.index import Index
+from amr.indexing import ENCODE_BATCH
 from amr.items import METADATA_FIELDS, SPLITS, Item, Query, caption_queries
 from amr.metrics import DEFAULT_KS, Metrics, QueryResult, rank_items, retrieval_metrics
+from amr.retrievers import Retriever, load_retriever
+from amr.workspace import Workspace
+from amr.zeroshot import zero_shot_variants
 
 ALL = "all"  # the split value that evaluates every item
 CURVE_KS = tuple(range(1, 51))  # recall@K of the plot
 TOP_STORED = 10  # best items per query kept for the per-query JSON
 BY_FIELDS = ("split", "has_metadata", *(f"has_{name}" for name in METADATA_FIELDS))
-NOT_AVERAGED = ("zero-shot",)  # deterministic models: never runs of one configuration
+By = Enum("By", {name: name for name in BY_FIELDS}, type=str)  # the breakdowns, as CLI choices
 TIES = "an item ranks above every item with the same score that comes after it in the item order"
 _RANK_BLOCK = 1 << 22  # scores ranked at once, bounding the temporaries
-
-console = Console(stderr=True)
 
 
 @dataclass
@@ -80,9 +88,10 @@ class Collection:
 
 class Scorer(Protocol):
     name: str  # the row of the table
-    kind: str  # "checkpoint", "index", "bm25", ...
-    fusion: str | None  # models of one fusion mode are averaged as runs; None never
+    kind: str  # "trained", "zero-shot", "bm25"
+    fusion: Fusion | None  # None for a baseline
     fingerprint: str | None  # identifies the model: one model is one run, however often it is evaluated
+    configuration: str | None  # runs sharing it are averaged; None never
 
     def score(self, collection: Collection, texts: list[str]) -> np.ndarray:
         """(len(texts), len(collection.items)) scores, higher is better."""
@@ -106,7 +115,7 @@ def open_collection(cache_paths: Sequence[Path], split: str = "test") -> Iterato
 def index_collection(index: Index, split: str = "test") -> Collection:
     """The items of ``split`` (or ``all``) in an index, for evaluating indexes without their caches."""
     _check_split(split)
-    items = [item for item in map(index.item, range(len(index))) if split in (ALL, item.split)]
+    items = [item for item in map(index.item, range(index.items_count)) if split in (ALL, item.split)]
     return _checked(Collection(items, split, str(index.path)))
 
 
@@ -130,58 +139,96 @@ class RetrieverScorer:
     """A model that encodes items and queries (a checkpoint, zero-shot): score = inner product."""
 
     def __init__(self, name: str, retriever: Retriever):
-        self.name, self.kind, self.retriever = name, str(retriever.spec.get("kind", "retriever")), retriever
-        self.fusion: str | None = retriever.fusion
+        self.name, self.kind, self.retriever = name, retriever.kind, retriever
+        self.fusion: Fusion | None = retriever.fusion
         self.fingerprint: str | None = retriever.fingerprint
+        self.configuration: str | None = retriever.configuration
 
     def score(self, collection: Collection, texts: list[str]) -> np.ndarray:
         if not collection.parts:
             raise AmrError(f"{self.name}: a model needs the embedding caches of the items (--cache), not {collection.source}")
         total = sum(len(rows) for _, rows in collection.parts)
         blocks = []
-        bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                       TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
-        with bar:
+        with progress(show=console.is_terminal, transient=True) as bar:
             task = bar.add_task(f"{self.name}: items", total=total)
             for cache, rows in collection.parts:
                 for start in range(0, len(rows), ENCODE_BATCH):
                     blocks.append(self.retriever.encode_items(cache, rows[start : start + ENCODE_BATCH]))
                     bar.advance(task, len(blocks[-1]))
-        items = np.concatenate(blocks)
-        return self.retriever.encode_queries(texts) @ items.T
+        queries = self.retriever.encode_queries(texts)
+        scores = queries @ np.concatenate(blocks).T
+        position = 0
+        for cache, rows in collection.parts:  # a long recording scores by its best segment, as in an index
+            for row in rows:
+                if len(cache.segments(row)) > 1:
+                    scores[:, position] = (queries @ self.retriever.encode_segments(cache, row).T).max(axis=1)
+                position += 1
+        if getattr(self.retriever, "captions_as_metadata", False):
+            _unleak_captions(self.retriever, collection, texts, queries, scores)
+        return scores
+
+
+def _unleak_captions(retriever: Any, collection: Collection, texts: list[str], queries: np.ndarray, scores: np.ndarray) -> None:
+    """A model whose metadata are captions (Clotho's full-sentence setting) took
+    each item's first caption as its metadata; where that caption is the query
+    itself, score the item with its first caption that is not (none when it has
+    no other): no query ever sees its own sentence as metadata."""
+    where = [(cache, row) for cache, rows in collection.parts for row in rows]
+    first: dict[str, list[int]] = {}
+    for position, item in enumerate(collection.items):
+        if item.captions:
+            first.setdefault(item.captions[0], []).append(position)
+    for q, text in enumerate(texts):
+        for position in first.get(text, []):
+            cache, row = where[position]
+            other = next((c for c in collection.items[position].captions if c != text), None)
+            scores[q, position] = queries[q] @ retriever.encode_items_with_metadata(cache, [row], [other])[0]
 
 
 class IndexScorer:
     """An existing index: its stored item vectors, queries encoded by the model
     that built it (exact inner products; an approximate sidecar is not used)."""
 
-    kind = "index"
-
-    def __init__(self, name: str, index: Index):
+    def __init__(self, name: str, index: Index, device: torch.device | str = "cpu"):
         self.name, self.index = name, index
-        self.retriever = load_retriever(index.header.retriever)
+        self.retriever = load_retriever(index.header.retriever, device)
         index.header.require_retriever(self.retriever, index.path)
-        self.fusion: str | None = index.header.fusion
+        self.kind = index.header.kind
+        self.fusion: Fusion | None = index.header.fusion
         self.fingerprint: str | None = index.header.fingerprint
+        self.configuration: str | None = index.header.configuration
 
     def score(self, collection: Collection, texts: list[str]) -> np.ndarray:
-        row_of = {item_id: row for row, item_id in enumerate(self.index.ids())}
+        """A long recording indexed as segments scores by its best segment."""
+        if getattr(self.retriever, "captions_as_metadata", False):
+            raise AmrError(
+                f"{self.index.path}: its model takes captions as metadata, so each indexed item holds one of its captions, "
+                "which are also the queries; evaluate the checkpoint on the caches instead (amr evaluate CHECKPOINT --cache ...)"
+            )
+        row_of = {item_id: i for i, item_id in enumerate(self.index.ids())}
         missing = [item.id for item in collection.items if item.id not in row_of]
         if missing:
             raise AmrError(
                 f"{self.index.path}: lacks {len(missing)} of the {len(collection.items)} evaluated items "
                 f"({_some(missing)}); index them (amr index --append) or evaluate without --cache"
             )
-        rows = [row_of[item.id] for item in collection.items]
-        return self.retriever.encode_queries(texts) @ np.asarray(self.index.vectors[rows]).T
+        wanted = np.array([row_of[item.id] for item in collection.items])
+        rows = np.flatnonzero(np.isin(self.index.row_item, wanted))
+        scores = self.retriever.encode_queries(texts) @ np.asarray(self.index.vectors[rows], np.float32).T
+        owners = self.index.row_item[rows]
+        firsts = np.flatnonzero(np.r_[True, np.diff(owners) != 0])
+        best = np.maximum.reduceat(scores, firsts, axis=1)  # (queries, items in index order)
+        column = {int(item): c for c, item in enumerate(owners[firsts])}
+        return best[:, [column[int(i)] for i in wanted]]
 
 
 @dataclass
 class ModelResult:
     name: str
     kind: str
-    fusion: str | None
+    fusion: Fusion | None
     fingerprint: str | None
+    configuration: str | None
     metrics: Metrics
     ranks: list[list[int]]  # per query: the 1-based ranks of its relevant items, ascending
     top: np.ndarray  # (queries, <= TOP_STORED) item positions, best first
@@ -201,8 +248,14 @@ class EvaluationReport:
         subsets = {v: [q for q, g in enumerate(self.groups or []) if g == v] for v in values}
         models = []
         for r in self.results:
-            entry: dict[str, Any] = {"name": r.name, "kind": r.kind, "fusion": r.fusion, "fingerprint": r.fingerprint,
-                                     "metrics": _means(r.metrics.per_query)}
+            entry: dict[str, Any] = {
+                "name": r.name,
+                "kind": r.kind,
+                "fusion": r.fusion.value if r.fusion else None,
+                "fingerprint": r.fingerprint,
+                "configuration": r.configuration,
+                "metrics": _means(r.metrics.per_query),
+            }
             if self.by is not None:
                 entry["groups"] = {v: _means([r.metrics.per_query[q] for q in rows]) for v, rows in subsets.items()}
             if set(CURVE_KS) <= set(r.metrics.recall):
@@ -227,14 +280,63 @@ class EvaluationReport:
         for r in self.results:
             for q, query in enumerate(self.queries):
                 result = r.metrics.per_query[q]
-                record: dict[str, Any] = {"model": r.name, "query": query.id, "text": query.text, "split": query.split,
-                                          "relevant": query.relevant, "ranks": r.ranks[q]}
+                record: dict[str, Any] = {
+                    "model": r.name,
+                    "query": query.id,
+                    "text": query.text,
+                    "split": query.split,
+                    "relevant": query.relevant,
+                    "ranks": r.ranks[q],
+                }
                 if self.by is not None and self.groups is not None:
                     record[self.by] = self.groups[q]
                 record.update(_values(result))
                 record["top"] = [ids[i] for i in r.top[q]]
                 records.append(record)
         return records
+
+
+def evaluate_models(
+    checkpoints: Sequence[Path],
+    index_paths: Sequence[Path],
+    cache_paths: Sequence[Path],
+    split: str = "test",
+    *,
+    queries: Path | None = None,
+    zero_shot: bool = False,
+    ablate: bool = False,
+    bm25: bool = False,
+    by: str | None = None,
+    curves: bool = False,
+    workspace: Workspace | None = None,
+    device: torch.device | str = "cpu",
+) -> EvaluationReport:
+    """`amr evaluate`: score checkpoints, indexes, the zero-shot model and BM25 side by side.
+
+    With neither checkpoints nor indexes the workspace's latest checkpoint is
+    evaluated, or none when only baselines (zero-shot, BM25) are asked for.
+    The items are those of ``cache_paths`` (default: the workspace's latest
+    cache), or, with only indexes and no caches, the first index's items.
+    ``queries`` is a queries.jsonl (default: the items' captions); ``curves``
+    adds recall@1..50 for a plot."""
+    workspace = workspace or Workspace.resolve()
+    checkpoints = list(checkpoints)
+    if not checkpoints and not index_paths and not (zero_shot or bm25):
+        checkpoints = [workspace.latest("checkpoint")]
+    names = model_names([*checkpoints, *index_paths])
+    indexes = [Index(path) for path in index_paths]
+    scorers: list[Scorer] = [RetrieverScorer(name, load_retriever(checkpoint_spec(path), device)) for name, path in zip(names, checkpoints)]
+    scorers += [IndexScorer(name, ix, device) for name, ix in zip(names[len(checkpoints) :], indexes)]
+    if zero_shot:
+        scorers += [RetrieverScorer(name, retriever) for name, retriever in zero_shot_variants(ablate, device)]
+    if bm25:
+        scorers.append(BM25())
+    explicit = load_queries(queries) if queries is not None else None
+    ks = CURVE_KS if curves else ()
+    if cache_paths or checkpoints or zero_shot or not indexes:
+        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
+            return evaluate(scorers, collection, explicit, by, ks)
+    return evaluate(scorers, index_collection(indexes[0], split), explicit, by, ks)
 
 
 def evaluate(
@@ -271,7 +373,7 @@ def evaluate(
             raise ValueError(f"{scorer.name}: scores of shape {scores.shape}, expected {(len(texts), len(collection.items))}")
         ranks, top = _rankings(scores, relevant)
         metrics = retrieval_metrics(scores, relevant, ks)
-        results.append(ModelResult(scorer.name, scorer.kind, scorer.fusion, scorer.fingerprint, metrics, ranks, top))
+        results.append(ModelResult(scorer.name, scorer.kind, scorer.fusion, scorer.fingerprint, scorer.configuration, metrics, ranks, top))
     return EvaluationReport(collection, list(queries), results, by, groups)
 
 
@@ -292,7 +394,8 @@ def relevant_indices(collection: Collection, queries: Sequence[Query]) -> list[l
         named = "; ".join(f"{q.id!r} ({_some(ids, 3)})" for q, ids in absent[:5])
         more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
         raise AmrError(
-            f"{_count(len(absent), 'query has', 'queries have')} relevant items that are not among the {len(collection.items)} items of split "
+            f"{_count(len(absent), 'query has', 'queries have')} relevant items that are not among the {len(collection.items)} items of "
+            f"split "
             f"{collection.split} in {collection.source}: {named}{more}"
         )
     return [[position[r] for r in q.relevant] for q in queries]
@@ -336,17 +439,23 @@ def _means(results: Sequence[QueryResult]) -> dict[str, float]:
 
 
 def _aggregates(models: list[dict[str, Any]], values: list[str] | None) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation of every fusion mode with two or more distinct models."""
-    by_fusion: dict[str, dict[str, dict[str, Any]]] = {}
+    """Mean and sample standard deviation of every configuration with two or more distinct models."""
+    by_configuration: dict[str, dict[str, dict[str, Any]]] = {}
     for model in models:
-        if model["fusion"] is not None and model["fusion"] not in NOT_AVERAGED:
-            by_fusion.setdefault(model["fusion"], {}).setdefault(model["fingerprint"] or model["name"], model)
+        if model["configuration"] is not None:
+            by_configuration.setdefault(model["configuration"], {}).setdefault(model["fingerprint"] or model["name"], model)
     aggregates = []
-    for fusion, distinct in by_fusion.items():
+    for configuration, distinct in by_configuration.items():
         runs = list(distinct.values())
         if len(runs) < 2:
             continue
-        entry: dict[str, Any] = {"fusion": fusion, "models": [m["name"] for m in runs], **_spread([m["metrics"] for m in runs])}
+        entry: dict[str, Any] = {
+            "fusion": runs[0]["fusion"],
+            "kind": runs[0]["kind"],
+            "configuration": configuration,
+            "models": [m["name"] for m in runs],
+            **_spread([m["metrics"] for m in runs]),
+        }
         if values is not None:
             entry["groups"] = {v: _spread([m["groups"][v] for m in runs]) for v in values}
         aggregates.append(entry)
@@ -392,8 +501,7 @@ def render_table(summary: dict[str, Any]) -> Table:
     """The summary as the paper reports it: percent, two decimals; runs as mean ± std."""
     by = summary["by"]
     table = Table(
-        title=f"text-to-audio retrieval, split {summary['split']}: {summary['items']} items, "
-        f"{summary['queries']} queries (%)",
+        title=f"text-to-audio retrieval, split {summary['split']}: {summary['items']} items, {summary['queries']} queries (%)",
         title_justify="left",
     )
     for column in ("model", "fusion", *([by] if by else []), "queries", "R@1", "R@5", "R@10", "mAP@10"):
@@ -434,8 +542,13 @@ def plot_recall(report: EvaluationReport, path: Path) -> None:
         if not set(ks) <= set(r.metrics.recall):
             raise ValueError("evaluate with ks=CURVE_KS to plot recall curves")
         axes.plot(ks, [100 * r.metrics.recall[k] for k in ks], label=r.name)
-    axes.set(xlabel="K", ylabel="recall@K (%)", ylim=(0, 100), xlim=(1, ks[-1]),
-             title=f"text-to-audio, split {report.collection.split}: {len(report.collection.items)} items, {len(report.queries)} queries")
+    axes.set(
+        xlabel="K",
+        ylabel="recall@K (%)",
+        ylim=(0, 100),
+        xlim=(1, ks[-1]),
+        title=f"text-to-audio, split {report.collection.split}: {len(report.collection.items)} items, {len(report.queries)} queries",
+    )
     axes.grid(alpha=0.3)
     axes.legend()
     try:

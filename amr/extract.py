@@ -1,71 +1,93 @@
-"""`amr extract`: every clip of a dataset → its MobileNetV3 frame-embedding sequence.
+"""`amr extract`: every clip of a dataset -> its MobileNetV3 frame-embedding sequence and tags.
 
 The pipeline, built for throughput on a few CPU cores and flat memory:
 
-* worker processes decode, resample and compute the log-mel spectrogram of
-  clips (in segments of a few minutes, so an hour-long file never sits in
-  memory whole), a bounded number of tasks in flight;
-* the main process groups 10 s windows of similar length into batches
-  (mel frames padded to one of a few bucket widths with the log-mel of digital
-  silence; a clip's padding depends on its own length only, so its embedding
-  does not depend on which clips it was batched with) and runs the model;
-* finished clips are written in *parts* (complete cache files, renamed into
-  place) every PART_SIZE clips; a killed run loses at most the clips since the
-  last part, and a rerun skips what the cache and the parts already hold,
-  then merges everything into the final cache.
+* worker processes decode, resample and compute the log-mel of clips
+  (`decode_segment`, in segments of a few minutes, so an hour-long file never
+  sits in memory whole), a bounded number of tasks in flight;
+* the main process collects the windows in a `WindowBatcher`, which runs full
+  batches of one bucket width through the `amr.encoder.AudioEncoder` (exact at
+  every clip length, bit-repeatable whatever the batch company) and hands back
+  each clip once all of its windows are embedded;
+* the main process also computes the tags of each segment of a long recording
+  (`AudioEncoder.segments`, on the cache's `SegmentGrid`), stored in the cache
+  so that an index can cut exactly those spans;
+* a `PartWriter` writes finished clips in *parts* (complete cache files, renamed
+  into place) every PART_SIZE clips; a killed run loses at most the clips since
+  the last part, and a rerun skips what the cache and the parts already hold,
+  then merges everything into the final cache (`merge_parts`).
 
-Clips that fail to decode are reported (name and reason) and listed in
-``<cache>.failures.jsonl``; the run goes on.
+Incremental: a rerun on the same dataset computes only the clips that are new
+or whose file changed: a clip is reused when the cache (or a part) holds the
+same id from the same path with the same size and modification time
+(`item_key`; Item.audio_size and Item.audio_mtime_ns, which load_dataset
+fills). Clips that are no longer in the dataset are dropped from the merged
+cache; clips whose metadata or captions changed are refreshed without
+recomputing.
+
+A cache holds the segment tags of one grid: a run with another grid (or other
+augmented views, or another model) on an existing cache, or beside parts
+written with another one, is refused rather than mixed; extract into another
+file, or delete the cache. (Recomputing segment tags from the stored float16
+frames would give values a fresh extraction does not.)
+
+One run at a time per cache: a run holds the cache's lock (amr.files.exclusive)
+from start to end, and a second run on the same cache stops at once with a
+message naming the holder. Parts and temporary files carry names unique to the
+run that wrote them, and the merge deletes only the parts it merged, so no run
+can overwrite or delete another's work even without the lock.
+
+Clips that cannot be embedded are reported and listed in
+``<cache>.failures.jsonl``, one JSON object per line: ``id``, ``audio``,
+``kind`` (missing, empty, not-audio, corrupt, truncated, non-finite,
+no-samples; see amr.audio) and ``reason``. None of them is in the cache
+(truncated files included: see amr.audio for why); the run goes on.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
+import secrets
 import threading
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.fx.experimental.optimization
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TimeRemainingColumn
 
 from amr import audio
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
+from amr.console import progress, warn
+from amr.encoder import AudioEncoder
 from amr.errors import AmrError
+from amr.files import atomic_write, exclusive
 from amr.items import Item
-from amr.weights import ResolvedWeights, load_audio_model
+from amr.segments import SegmentGrid
+from amr.weights import AudioSettings, ResolvedWeights
 
-# Windows are padded (with the log-mel of silence) to a few bucket widths so
-# that they can be batched. Padding is not free: the squeeze-excitation layers
-# average over time, so silence appended to a clip changes all of its frames a
-# little. Buckets are therefore at most 1/8 wider than what they hold (8 mel
-# frames at least), and full 10 s windows stay unpadded, as EfficientAT sees them.
-MIN_PAD = 8
-MODEL_STRIDE = 32
-BATCH_FRAMES = 4096  # mel frames per model batch: about 4 windows of 10 s (larger batches run slower on CPU caches)
-PENDING_FRAMES = 64 * BATCH_FRAMES  # mel frames waiting for a batch before partial batches run (~130 MB)
+# A window waits for at most this many later windows before its bucket runs part-full,
+# so that clips keep reaching part files when one bucket is rare (a killed run then
+# loses little). On the shared data (950 windows) no bucket is forced.
+MAX_WAIT_WINDOWS = 1024
 SEGMENT_WINDOWS = 18  # windows a worker decodes per task (3 minutes of audio)
 PART_SIZE = 256  # clips per part file
-SILENCE = (math.log(audio.LOG_OFFSET) + audio.NORM_SHIFT) / audio.NORM_SCALE  # normalised log-mel of digital silence
-
-console = Console(stderr=True)
 
 
 @dataclass
 class Failure:
     id: str
     audio: str
+    kind: str  # amr.audio.AudioError.kind, or "unreadable"
     reason: str
 
 
@@ -75,15 +97,21 @@ class ExtractReport:
     items: int  # clips in the cache now
     computed: int  # clips computed by this run
     reused: int  # clips taken from an earlier (possibly interrupted) run
+    dropped: int  # clips the cache held before and holds no more (their file is gone, or changed and now fails)
     failures: list[Failure]
     audio_seconds: float  # audio computed by this run
     seconds: float
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """One decoding process per core: decoding and the log-mel cost about as
-    much as the model, which runs on one thread beside them."""
-    return os.cpu_count() or 1
+    much as the model, which runs on the threads they leave (at least one)."""
+    return available_cores()
 
 
 def extract(
@@ -96,178 +124,364 @@ def extract(
     seed: int = 0,
     progress: bool = True,
     part_size: int = PART_SIZE,
+    segments: SegmentGrid = SegmentGrid(),
+    engine: Engine | None = None,
+    device: torch.device | str = "cpu",
 ) -> ExtractReport:
-    """Extract every item's embedding sequence into the cache at ``output``.
+    """Extract every item's embedding sequence (and a long clip's segment tags,
+    on the grid ``segments``) into the cache at ``output``.
 
     A pure function of the items, the weights and the options: rerunning it
-    completes an interrupted run and changes nothing in a complete one (apart
-    from refreshing the items' metadata and captions)."""
+    completes an interrupted run, computes only new and changed clips, drops
+    the clips no longer among ``items``, and refreshes the items' metadata and
+    captions. Holds the cache's lock throughout: a concurrent run on the same
+    cache raises AmrError at once. ``engine`` embeds the clips (default: this
+    machine's decoding processes, `embed_items`; amr.ray_engine runs on Ray);
+    the model runs on ``device``."""
     started = time.perf_counter()
-    model = load_audio_model(weights)
-    info = CacheInfo(
-        audio_model=weights.name,
-        weights_sha256=weights.sha256,
-        embed_dim=model.embed_dim,
-        num_classes=model.num_classes,
-        sample_rate=audio.SAMPLE_RATE,
-        frame_rate=audio.SAMPLE_RATE / audio.HOP_LENGTH / MODEL_STRIDE,
-        window_seconds=audio.WINDOW_SECONDS,
-        augment_views=augment_views,
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    parts_dir = output.with_name(output.name + ".parts")
-    sources = _open_sources(output, parts_dir, info)
-    done = {key: cache for cache in sources for key in _keys(cache)}
-    todo = [item for item in items if (item.id, item.audio) not in done]
-    reused = len(items) - len(todo)
-
-    failures: list[Failure] = []
-    audio_seconds = 0.0
-    if todo:
-        parts_dir.mkdir(exist_ok=True)
-        first_part = len(list(parts_dir.glob("part-*.h5")))
-        writer = _PartWriter(parts_dir, info, first_part, part_size)
-        workers = workers or default_workers()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))  # the cores the decoding workers leave
-        try:
-            for result in _run_pipeline(todo, model, fold_batch_norm(model), info, workers, seed, progress):
+    output = Path(output)
+    with exclusive(output, "cache"):
+        encoder = AudioEncoder.load(weights, device)
+        info = cache_info(weights, augment_views, segments)
+        parts = parts_folder(output)
+        _remove_stale_temporaries(output, parts)
+        todo = pending(items, output, info)
+        failures: list[Failure] = []
+        audio_seconds = 0.0
+        if todo:
+            writer = PartWriter(parts, info, part_size)
+            for result in _embed(todo, encoder, augment_views, workers or default_workers(), seed, segments, progress, engine):
                 if isinstance(result, Failure):
                     failures.append(result)
-                    console.print(f"[yellow]skipped[/] {result.audio}: {result.reason}", highlight=False)
+                    warn(f"skipped: {result.reason}")
                 else:
-                    audio_seconds += result.frames.shape[0] / info.frame_rate
+                    audio_seconds += info.seconds(len(result.frames))
                     writer.add(result)
-        finally:
-            torch.set_num_threads(threads)
-        writer.flush()
-        for cache in sources:
-            cache.close()
-        sources = _open_sources(output, parts_dir, info)
-        done = {key: cache for cache in sources for key in _keys(cache)}
-
-    kept = [item for item in items if (item.id, item.audio) in done]
-    if todo or parts_dir.exists() or not output.exists() or _items_changed(output, kept):
-        write_cache(output, info, _merged_clips(kept, done))
-    for cache in sources:
-        cache.close()
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    _write_failures(output, failures)
+            writer.flush()
+        merged = merge_parts(items, output, info)
+        _write_failures(output, failures)
     return ExtractReport(
         cache=output,
-        items=len(kept),
+        items=merged.items,
         computed=len(todo) - len(failures),
-        reused=reused,
+        reused=len(items) - len(todo),
+        dropped=merged.dropped,
         failures=failures,
         audio_seconds=audio_seconds,
         seconds=time.perf_counter() - started,
     )
 
 
-def bucket_width(frames: int) -> int:
-    """The padded width of a window of ``frames`` mel frames (see MIN_PAD)."""
-    if frames == audio.mel_frames(round(audio.WINDOW_SECONDS * audio.SAMPLE_RATE)):
-        return frames
-    step = max(MIN_PAD, 1 << max(0, frames.bit_length() - 4))
-    return -(-frames // step) * step
+def cache_info(weights: ResolvedWeights, augment_views: int = 0, segments: SegmentGrid = SegmentGrid()) -> CacheInfo:
+    """What a cache of these weights records (every field from the weights' registry entry) and the segment grid."""
+    return CacheInfo(
+        audio_model=weights.name,
+        weights_sha256=weights.sha256,
+        embed_dim=weights.embed_dim,
+        num_classes=weights.num_classes,
+        sample_rate=weights.audio.sample_rate,
+        frame_rate=weights.audio.frame_rate,
+        window_seconds=weights.audio.window_seconds,
+        augment_views=augment_views,
+        segment_seconds=segments.seconds,
+        segment_hop=segments.hop,
+        long_clip_seconds=segments.long_seconds,
+    )
 
 
 def failures_path(cache: Path) -> Path:
     return cache.with_name(cache.stem + ".failures.jsonl")
 
 
-def embed_file(path: Path, model: torch.nn.Module, front_end: audio.MelFrontEnd) -> tuple[np.ndarray, np.ndarray]:
-    """One clip's (T, C) frame sequence and tag probabilities, window by window
-    and padded as the pipeline pads it (for queries by example)."""
-    sequences = []
-    with torch.inference_mode():
-        for window in audio.iter_windows(Path(path)):
-            mel = front_end(torch.from_numpy(window)[None])
-            frames = mel.shape[-1]
-            width = bucket_width(frames)
-            padded = torch.full((1, 1, audio.N_MELS, width), SILENCE)
-            padded[..., :frames] = mel
-            embedded, _ = model(padded)
-            sequences.append(embedded[0, : math.ceil(frames / MODEL_STRIDE)].numpy())
-        sequence = np.concatenate(sequences)
-        tags = torch.sigmoid(model.head(torch.from_numpy(sequence).mean(0, keepdim=True)))[0].numpy()
-    return sequence, tags
+def parts_folder(cache: Path) -> Path:
+    """Where a run writes its parts: ``<cache>.parts/``."""
+    return cache.with_name(cache.name + ".parts")
 
 
-# --- resume: the final cache and the parts of an interrupted run -------------------------
+ItemKey = tuple[str, str, int | None, int | None]
 
 
-def _open_sources(output: Path, parts_dir: Path, info: CacheInfo) -> list[EmbeddingCache]:
-    paths = ([output] if output.exists() else []) + sorted(parts_dir.glob("part-*.h5"))
-    sources = []
-    for path in paths:
-        cache = EmbeddingCache(path)
-        info.require_compatible(cache.info, str(path))
-        if cache.info.augment_views != info.augment_views:
-            raise AmrError(
-                f"{path}: holds {cache.info.augment_views} augmented views per clip, this run asks for "
-                f"{info.augment_views}; use the same --augment-views or write to another file"
-            )
-        sources.append(cache)
-    return sources
+def item_key(item: Item) -> ItemKey:
+    """A clip is done when an earlier run embedded the same id from the same
+    path, with the same file size and modification time (None where unknown:
+    None matches only None, so a clip is recomputed rather than wrongly reused)."""
+    return item.id, item.audio, item.audio_size, item.audio_mtime_ns
 
 
-def _keys(cache: EmbeddingCache) -> Iterator[tuple[str, str]]:
-    return ((item.id, item.audio) for item in cache.items)
+class Engine(Protocol):
+    """What embeds the clips a run computes, in completion order: the local engine
+    is `embed_items`; amr.ray_engine.RayEngine runs on a Ray cluster."""
+
+    def __call__(
+        self, items: Sequence[Item], encoder: AudioEncoder, augment_views: int, seed: int, segments: SegmentGrid
+    ) -> Iterator[ClipEmbedding | Failure]: ...
 
 
-def _items_changed(output: Path, items: list[Item]) -> bool:
-    with EmbeddingCache(output) as cache:
-        return cache.items != items
+def _embed(
+    items: list[Item],
+    encoder: AudioEncoder,
+    augment_views: int,
+    workers: int,
+    seed: int,
+    segments: SegmentGrid,
+    show_progress: bool,
+    engine: Engine | None,
+) -> Iterator[ClipEmbedding | Failure]:
+    """Every item's embedding (or failure), in completion order. The model runs on
+    the cores the decoding workers leave; the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, available_cores() - workers))
+    try:
+        with progress("extract", TimeRemainingColumn(), show=show_progress) as bar:
+            task = bar.add_task("extract", total=len(items))
+            if engine is not None:
+                results = engine(items, encoder, augment_views, seed, segments)
+            else:
+                results = embed_items(items, encoder, augment_views, workers, seed, segments)
+            for result in results:
+                bar.advance(task)
+                yield result
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _merged_clips(items: list[Item], done: dict[tuple[str, str], EmbeddingCache]) -> Iterator[ClipEmbedding]:
-    """Each item's embeddings from wherever they were computed, with the item's
-    current metadata and captions."""
-    for item in items:
-        cache = done[(item.id, item.audio)]
-        i = cache.index_of(item.id)
-        frames, augmented = cache.stored(i)
-        yield ClipEmbedding(item, frames, cache.tags[i], augmented)
+def embed_items(
+    items: Sequence[Item],
+    encoder: AudioEncoder,
+    augment_views: int = 0,
+    workers: int = 1,
+    seed: int = 0,
+    segments: SegmentGrid = SegmentGrid(),
+) -> Iterator[ClipEmbedding | Failure]:
+    """The local engine: `workers` forked processes decode segments (at most 4 per
+    worker in flight), the batcher embeds their windows; yields each clip (with
+    its segments' tags on the grid `segments`), or its failure, as it completes."""
+    batcher = WindowBatcher(encoder, augment_views, MAX_WAIT_WINDOWS)
+    queue = iter(range(len(items)))
+    in_flight: dict[Future[DecodedSegment], int] = {}
+
+    def embedding(clip: EncodedClip) -> ClipEmbedding:
+        return ClipEmbedding(items[clip.key], clip.frames, clip.tags, clip.augmented, encoder.segments(clip.frames, segments))
+
+    # fork: workers start at once (spawn would import torch again in each)
+    context = get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(encoder.audio,)) as pool:
+
+        def submit(index: int, number: int) -> None:
+            in_flight[pool.submit(_decode_in_worker, items[index].audio, number, augment_views, seed)] = index
+
+        def fill() -> None:  # new clips while fewer than 4 tasks per worker are in flight
+            while len(in_flight) < 4 * workers and (index := next(queue, None)) is not None:
+                submit(index, 0)
+
+        fill()
+        while in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = in_flight.pop(future)
+                segment = future.result()
+                if segment.error is not None:
+                    batcher.drop(index)
+                    yield Failure(items[index].id, items[index].audio, *segment.error)
+                    continue
+                if segment.more:
+                    submit(index, segment.number + 1)
+                for clip in batcher.add(index, segment.first_window, segment.mels, segment.views, last=not segment.more):
+                    yield embedding(clip)
+            fill()
+    for clip in batcher.flush():
+        yield embedding(clip)
 
 
-class _PartWriter:
-    def __init__(self, parts_dir: Path, info: CacheInfo, first: int, size: int):
-        self.parts_dir, self.info, self.number, self.size = parts_dir, info, first, size
-        self.pending: list[ClipEmbedding] = []
-
-    def add(self, clip: ClipEmbedding) -> None:
-        self.pending.append(clip)
-        if len(self.pending) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            write_cache(self.parts_dir / f"part-{self.number:05d}.h5", self.info, self.pending)
-            self.number += 1
-            self.pending = []
+# --- the batcher: windows of many clips -> full batches -> finished clips ----------------
 
 
-def _write_failures(output: Path, failures: list[Failure]) -> None:
-    path = failures_path(output)
-    if not failures:
-        path.unlink(missing_ok=True)
-        return
-    with open(path, "w", encoding="utf-8") as f:
-        for failure in failures:
-            f.write(json.dumps(failure.__dict__, ensure_ascii=False) + "\n")
+@dataclass
+class EncodedClip:
+    key: Hashable
+    frames: np.ndarray  # (T, C) float32
+    tags: np.ndarray  # (num_classes,)
+    augmented: np.ndarray | None  # (T, K, C), with augmented views
 
 
-# --- workers: decode → resample → log-mel (+ SpecAugmented views) ------------------------
+@dataclass
+class _Row:
+    """One log-mel window waiting for the model: a clip's window, clean (view None) or an augmented view."""
 
-_front_end: audio.MelFrontEnd | None = None
+    key: Hashable
+    window: int
+    view: int | None
+    mel: np.ndarray  # (n_mels, T)
+    arrival: int  # windows added to the batcher before this one
 
 
-def _init_worker() -> None:
-    global _front_end
+@dataclass
+class _PendingClip:
+    frames: dict[tuple[int, int | None], np.ndarray] = field(default_factory=dict)  # (window, view) -> (t, C)
+    windows: int | None = None  # known once the clip's last segment arrived
+
+
+class WindowBatcher:
+    """Collects log-mel windows of many clips, runs them through the encoder in
+    full batches of one bucket width, and hands back each clip (frames, tags,
+    augmented views) once all of its windows are embedded.
+
+    A clip arrives as segments of consecutive windows (`add`), in any order and
+    interleaved with other clips; `last` marks its final segment. A bucket runs
+    as soon as it holds a full batch, so fewer than one batch per bucket ever
+    waits (memory stays flat: under 16 x 2048 mel frames, 16 MB, for EfficientAT);
+    a bucket whose oldest window has waited for `max_wait` later windows runs
+    part-full. `flush` runs what is left. Which windows share a batch never
+    changes a clip's values (see amr.encoder), so neither does arrival order."""
+
+    def __init__(self, encoder: AudioEncoder, augment_views: int = 0, max_wait: int = MAX_WAIT_WINDOWS):
+        self.encoder = encoder
+        self.augment_views = augment_views
+        self.max_wait = max_wait
+        self._clips: dict[Hashable, _PendingClip] = {}
+        self._waiting: dict[int, list[_Row]] = defaultdict(list)  # bucket width -> rows, oldest first
+        self._arrivals = 0
+
+    def add(
+        self, key: Hashable, first_window: int, mels: Sequence[np.ndarray], views: Sequence[np.ndarray] = (), last: bool = True
+    ) -> list[EncodedClip]:
+        """Windows first_window, first_window + 1, ... of clip `key` ((n_mels, T) each;
+        with augmented views, `views[i]` holds window i's (K, n_mels, T))."""
+        clip = self._clips.setdefault(key, _PendingClip())
+        for i, mel in enumerate(mels):
+            rows = self._waiting[self.encoder.bucket_width(mel.shape[1])]
+            rows.append(_Row(key, first_window + i, None, mel, self._arrivals))
+            if self.augment_views:
+                rows.extend(_Row(key, first_window + i, v, view, self._arrivals) for v, view in enumerate(views[i]))
+            self._arrivals += 1
+        if last:
+            clip.windows = first_window + len(mels)
+        done = []
+        for width in list(self._waiting):
+            while width in self._waiting and self._due(width):
+                done += self._run(width)
+        if last and key in self._clips:  # its windows may all have run already
+            done += self._complete(key)
+        return done
+
+    def drop(self, key: Hashable) -> None:
+        """Forget a clip (one of its segments failed to decode)."""
+        self._clips.pop(key, None)
+        for width in list(self._waiting):
+            self._waiting[width] = [row for row in self._waiting[width] if row.key != key]
+            if not self._waiting[width]:
+                del self._waiting[width]
+
+    def flush(self) -> list[EncodedClip]:
+        """Run every waiting window; returns the clips this completes."""
+        done = []
+        while self._waiting:
+            done += self._run(next(iter(self._waiting)))
+        return done
+
+    @property
+    def waiting_frames(self) -> int:
+        return sum(width * len(rows) for width, rows in self._waiting.items())
+
+    def _due(self, width: int) -> bool:
+        rows = self._waiting[width]
+        return len(rows) >= self.encoder.batch_rows(width) or rows[0].arrival < self._arrivals - self.max_wait
+
+    def _run(self, width: int) -> list[EncodedClip]:
+        """One batch of bucket `width`: its oldest rows."""
+        waiting = self._waiting[width]
+        rows, self._waiting[width] = waiting[: self.encoder.batch_rows(width)], waiting[self.encoder.batch_rows(width) :]
+        if not self._waiting[width]:
+            del self._waiting[width]
+        for row, frames in zip(rows, self.encoder.encode([row.mel for row in rows])):
+            self._clips[row.key].frames[(row.window, row.view)] = frames
+        done = []
+        for key in dict.fromkeys(row.key for row in rows):
+            done += self._complete(key)
+        return done
+
+    def _complete(self, key: Hashable) -> list[EncodedClip]:
+        """[the clip] if every window (and view) of it is embedded, else []."""
+        clip = self._clips[key]
+        if clip.windows is None or len(clip.frames) < clip.windows * (1 + self.augment_views):
+            return []
+        del self._clips[key]
+        frames = np.concatenate([clip.frames[(w, None)] for w in range(clip.windows)])
+        augmented = None
+        if self.augment_views:
+            views = range(self.augment_views)
+            augmented = np.concatenate([np.stack([clip.frames[(w, v)] for v in views], 1) for w in range(clip.windows)])
+        return [EncodedClip(key, frames, self.encoder.tags(frames), augmented)]
+
+
+# --- workers: decode -> resample -> log-mel (+ SpecAugmented views) ----------------------
+
+
+@dataclass
+class DecodedSegment:
+    """Log-mels of consecutive windows of one clip, from one decoding task (not
+    amr.cache.Segment, a span of a long clip's frames)."""
+
+    number: int  # the clip's segment number: windows number * SEGMENT_WINDOWS ...
+    mels: list[np.ndarray]  # (n_mels, T) per window
+    views: list[np.ndarray]  # (K, n_mels, T) per window, when augmenting
+    more: bool  # the clip goes on beyond this segment
+    error: tuple[str, str] | None = None  # (kind, reason)
+
+    @property
+    def first_window(self) -> int:
+        return self.number * SEGMENT_WINDOWS
+
+
+def decode_segment(
+    path: str, number: int, front_end: audio.MelFrontEnd, window_seconds: float, augment_views: int = 0, seed: int = 0
+) -> DecodedSegment:
+    """Segment `number` of the clip at `path`: the log-mels of its windows
+    number * SEGMENT_WINDOWS ... (number + 1) * SEGMENT_WINDOWS - 1, and their
+    augmented views; an undecodable file gives a DecodedSegment with `error` set."""
+    sample_rate = front_end.settings.sample_rate
+    mels, views = [], []
+    try:
+        windows = audio.iter_windows(Path(path), sample_rate, window_seconds, start_window=number * SEGMENT_WINDOWS)
+        more = False
+        for k, window in enumerate(windows):
+            if k == SEGMENT_WINDOWS:
+                more = True
+                break
+            with torch.inference_mode():
+                mel = front_end(torch.from_numpy(window)[None])[0, 0]
+            mels.append(mel.numpy())
+            if augment_views:
+                generator = torch.Generator().manual_seed(_view_seed(path, number, k, seed))
+                fill = front_end.settings.mask_value
+                views.append(torch.stack([audio.spec_augment(mel, generator, fill) for _ in range(augment_views)]).numpy())
+    except audio.AudioError as e:
+        return DecodedSegment(number, [], [], False, error=(e.kind, str(e)))
+    except AmrError as e:
+        return DecodedSegment(number, [], [], False, error=("unreadable", str(e)))
+    return DecodedSegment(number, mels, views, more)
+
+
+def _view_seed(path: str, segment: int, window: int, seed: int) -> int:
+    """Augmentation depends on the clip and window only, never on run order."""
+    return zlib.crc32(f"{path}|{segment}|{window}|{seed}".encode())
+
+
+_worker: tuple[audio.MelFrontEnd, float] | None = None  # this worker process's front end and window length
+
+
+def _init_worker(settings: AudioSettings) -> None:
+    global _worker
     torch.set_num_threads(1)
-    _front_end = audio.MelFrontEnd()
+    _worker = (audio.MelFrontEnd(settings.mel), settings.window_seconds)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _decode_in_worker(path: str, number: int, augment_views: int, seed: int) -> DecodedSegment:
+    if _worker is None:
+        raise RuntimeError("_decode_in_worker runs in a process started with _init_worker")
+    front_end, window_seconds = _worker
+    return decode_segment(path, number, front_end, window_seconds, augment_views, seed)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -277,194 +491,123 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-@dataclass
-class _Segment:
-    """Log-mels of consecutive windows of one clip, from one worker task."""
-
-    item_index: int
-    number: int
-    mels: list[np.ndarray]  # (128, T) per window
-    views: list[np.ndarray]  # (K, 128, T) per window, when augmenting
-    more: bool  # the clip goes on beyond this segment
-    error: str | None = None
+# --- parts, resume and the merge -----------------------------------------------------------
 
 
-def _decode_segment(item_index: int, path: str, number: int, augment_views: int, seed: int) -> _Segment:
-    assert _front_end is not None
-    mels, views = [], []
+class PartWriter:
+    """Writes finished clips as parts of `size` clips: complete cache files in
+    `folder`, each renamed into place when whole. Part names carry the writer's
+    pid and a random token, so two writers (runs, or engines) never collide."""
+
+    def __init__(self, folder: Path, info: CacheInfo, size: int = PART_SIZE):
+        self.folder, self.info, self.size = Path(folder), info, size
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.run = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.number = 0
+        self.pending: list[ClipEmbedding] = []
+
+    def add(self, clip: ClipEmbedding) -> None:
+        self.pending.append(clip)
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            write_cache(self.folder / f"part-{self.run}-{self.number:05d}.h5", self.info, self.pending)
+            self.number += 1
+            self.pending = []
+
+
+def _sources(output: Path, parts: Path) -> list[Path]:
+    return ([output] if output.exists() else []) + sorted(parts.glob("part-*.h5"))
+
+
+def _open(path: Path, info: CacheInfo) -> EmbeddingCache:
+    """A cache (or part) this run may merge with: the same model, augmented views and segment grid."""
+    cache = EmbeddingCache(path)
     try:
-        windows = audio.iter_windows(Path(path), start_window=number * SEGMENT_WINDOWS)
-        more = False
-        for k, window in enumerate(windows):
-            if k == SEGMENT_WINDOWS:
-                more = True
-                break
-            with torch.inference_mode():
-                mel = _front_end(torch.from_numpy(window)[None])[0, 0]
-            mels.append(mel.numpy())
-            if augment_views:
-                generator = torch.Generator().manual_seed(_view_seed(path, number, k, seed))
-                augmented = [audio.spec_augment(mel, generator) for _ in range(augment_views)]
-                views.append(torch.stack(augmented).numpy())
-        if number == 0 and not mels:
-            raise AmrError(f"{path}: no audio samples")
-    except AmrError as e:
-        return _Segment(item_index, number, [], [], False, error=str(e))
-    return _Segment(item_index, number, mels, views, more)
+        info.require_compatible(cache.info, str(path))
+        if cache.info.augment_views != info.augment_views:
+            raise AmrError(
+                f"{path}: holds {cache.info.augment_views} augmented views per clip, this run asks for "
+                f"{info.augment_views}; use the same --augment-views or write to another file"
+            )
+        if cache.info.segments != info.segments:
+            raise AmrError(
+                f"{path}: holds segment tags of {_grid(cache.info.segments)}, this run asks for {_grid(info.segments)}; "
+                "use the same segment options, or write to another file"
+            )
+    except AmrError:
+        cache.close()
+        raise
+    return cache
 
 
-def _view_seed(path: str, segment: int, window: int, seed: int) -> int:
-    """Augmentation depends on the clip and window only, never on run order."""
-    return zlib.crc32(f"{path}|{segment}|{window}|{seed}".encode())
+def _grid(grid: SegmentGrid) -> str:
+    return f"{grid.seconds:g} s segments every {grid.hop:g} s of clips over {grid.long_seconds:g} s"
 
 
-# --- main process: batching, the model, assembling clips --------------------------------
+def pending(items: Sequence[Item], output: Path, info: CacheInfo) -> list[Item]:
+    """The items that neither the cache at ``output`` nor its parts hold (by
+    `item_key`): new clips, changed files, and those an interrupted run did
+    not finish. Refuses a cache or part `info` cannot be merged with."""
+    done: set[ItemKey] = set()
+    for path in _sources(output, parts_folder(output)):
+        with _open(path, info) as cache:
+            done.update(item_key(item) for item in cache.items)
+    return [item for item in items if item_key(item) not in done]
 
 
 @dataclass
-class _ClipState:
-    windows: dict[int, np.ndarray] = field(default_factory=dict)  # window → frames (t, C)
-    views: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (window, view) → frames (t, C)
-    expected: int | None = None  # total windows, known once the last segment arrived
-    next_window: int = 0
+class Merged:
+    items: int  # clips in the cache now
+    dropped: int  # clips the cache held before and holds no more
 
 
-def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's forward with each BatchNorm folded into its convolution:
-    the same outputs to about 1e-5, and some 15 % faster on the CPU."""
-    return torch.fx.experimental.optimization.fuse(model)
+def merge_parts(items: Sequence[Item], output: Path, info: CacheInfo) -> Merged:
+    """Write the cache at ``output`` from itself and its parts: each of ``items``
+    that one of them holds (by `item_key`), with its embeddings from wherever
+    they were computed and the item's current metadata and captions, in the
+    order of ``items``; every other clip is left out. Then delete the merged
+    parts. The cache is rewritten only when something changed. Callers hold
+    the cache's lock (amr.files.exclusive)."""
+    parts = parts_folder(output)
+    paths = _sources(output, parts)
+    with ExitStack() as opened:
+        caches = [opened.enter_context(_open(path, info)) for path in paths]
+        before = {item.id for item in caches[0].items} if output.exists() else set()
+        found = {item_key(item): (cache, i) for cache in caches for i, item in enumerate(cache.items)}
+        kept = [item for item in items if item_key(item) in found]
+        if len(paths) > 1 or not output.exists() or caches[0].items != kept:
+
+            def clips() -> Iterator[ClipEmbedding]:
+                for item in kept:
+                    cache, i = found[item_key(item)]
+                    frames, augmented = cache.stored(i)
+                    yield ClipEmbedding(item, frames, cache.tags[i], augmented, cache.segments(i))
+
+            write_cache(output, info, clips())
+    for path in paths:
+        if path != output:
+            path.unlink()
+    if parts.exists() and not any(parts.iterdir()):
+        parts.rmdir()
+    return Merged(len(kept), len(before - {item.id for item in kept}))
 
 
-def _run_pipeline(
-    items: list[Item],
-    model: torch.nn.Module,
-    forward: torch.nn.Module,
-    info: CacheInfo,
-    workers: int,
-    seed: int,
-    progress: bool,
-) -> Iterator[ClipEmbedding | Failure]:
-    """Yields finished clips (and failures) in completion order. ``forward``
-    computes the frames (see fold_batch_norm), ``model.head`` the tags."""
-    k_views = info.augment_views
-    states: dict[int, _ClipState] = defaultdict(_ClipState)
-    # rows waiting for the model, by padded width: (item index, window, view or -1 for clean, mel)
-    buckets: dict[int, list[tuple[int, int, int, np.ndarray]]] = defaultdict(list)
-    failed: set[int] = set()
-    max_in_flight = 4 * workers
+def _remove_stale_temporaries(output: Path, parts: Path) -> None:
+    """Temporary files of killed runs (amr.files.temporary_path names): no other
+    run can be writing them while this one holds the lock."""
+    stale = list(output.parent.glob(f".{output.name}.*.tmp"))
+    if parts.is_dir():
+        stale += parts.glob(".part-*.tmp")
+    for path in stale:
+        path.unlink(missing_ok=True)
 
-    def run_bucket(width: int) -> Iterator[ClipEmbedding]:
-        """Run one batch of the bucket. Every batch of a width has the same number
-        of rows (missing rows are silence): the model then computes each row
-        bit-identically whatever its neighbours, so results never depend on
-        batching, worker timing or where an interrupted run resumed."""
-        rows_per_batch = max(1, BATCH_FRAMES // width)
-        rows, buckets[width] = buckets[width][:rows_per_batch], buckets[width][rows_per_batch:]
-        if not buckets[width]:
-            del buckets[width]
-        batch = torch.full((rows_per_batch, 1, audio.N_MELS, width), SILENCE)
-        for r, (_, _, _, mel) in enumerate(rows):
-            batch[r, 0, :, : mel.shape[1]] = torch.from_numpy(mel)
-        with torch.inference_mode():
-            frames, _ = forward(batch)
-        frames = frames.numpy()
-        for r, (item_index, window, view, mel) in enumerate(rows):
-            if item_index in failed:
-                continue
-            valid = frames[r, : math.ceil(mel.shape[1] / MODEL_STRIDE)]
-            state = states[item_index]
-            if view < 0:
-                state.windows[window] = valid
-            else:
-                state.views[(window, view)] = valid
-            clip = finish_if_complete(item_index)
-            if clip is not None:
-                yield clip
 
-    def finish_if_complete(item_index: int) -> ClipEmbedding | None:
-        state = states[item_index]
-        if state.expected is None or len(state.windows) + len(state.views) < state.expected * (1 + k_views):
-            return None
-        del states[item_index]
-        frames = np.concatenate([state.windows[w] for w in range(state.expected)])
-        with torch.inference_mode():
-            logits = model.head(torch.from_numpy(frames).mean(0, keepdim=True))
-        tags = torch.sigmoid(logits)[0].numpy()
-        augmented = None
-        if k_views:
-            per_window = [np.stack([state.views[(w, v)] for v in range(k_views)], 1) for w in range(state.expected)]
-            augmented = np.concatenate(per_window)
-        return ClipEmbedding(items[item_index], frames, tags, augmented)
-
-    def add_segment(segment: _Segment) -> Iterator[ClipEmbedding]:
-        state = states[segment.item_index]
-        for w, mel in enumerate(segment.mels):
-            width = bucket_width(mel.shape[1])
-            window = state.next_window
-            buckets[width].append((segment.item_index, window, -1, mel))
-            if k_views:
-                buckets[width].extend((segment.item_index, window, v, view) for v, view in enumerate(segment.views[w]))
-            state.next_window += 1
-            while len(buckets.get(width, ())) * width >= BATCH_FRAMES:
-                yield from run_bucket(width)
-        if not segment.more:
-            state.expected = state.next_window
-        # bound memory: run the fullest bucket while too much waits
-        while sum(width * len(rows) for width, rows in buckets.items()) > PENDING_FRAMES:
-            yield from run_bucket(max(buckets, key=lambda width: width * len(buckets[width])))
-
-    # fork: workers start at once (spawn would import torch again in each)
-    context = get_context("fork")
-    progress_bar = Progress(
-        TextColumn("extract"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} clips"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress,
-    )
-    with progress_bar, ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        task = progress_bar.add_task("extract", total=len(items))
-        queue = iter((i, 0) for i in range(len(items)))
-        in_flight: dict[Future[_Segment], int] = {}
-
-        def submit(item_index: int, number: int) -> None:
-            future = pool.submit(_decode_segment, item_index, items[item_index].audio, number, k_views, seed)
-            in_flight[future] = item_index
-
-        def fill() -> None:
-            for item_index, number in queue:
-                submit(item_index, number)
-                if len(in_flight) >= max_in_flight:
-                    break
-
-        fill()
-        while in_flight:
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                item_index = in_flight.pop(future)
-                segment = future.result()
-                if segment.error is not None:
-                    states.pop(item_index, None)
-                    failed.add(item_index)
-                    progress_bar.advance(task)
-                    item = items[item_index]
-                    yield Failure(item.id, item.audio, segment.error)
-                    continue
-                if segment.more:
-                    submit(item_index, segment.number + 1)
-                for clip in add_segment(segment):
-                    progress_bar.advance(task)
-                    yield clip
-                # a clip whose windows were all processed before its last segment arrived
-                if not segment.more and item_index in states:
-                    clip = finish_if_complete(item_index)
-                    if clip is not None:
-                        progress_bar.advance(task)
-                        yield clip
-            fill()
-        while buckets:
-            for clip in run_bucket(next(iter(buckets))):
-                progress_bar.advance(task)
-                yield clip
+def _write_failures(output: Path, failures: list[Failure]) -> None:
+    path = failures_path(output)
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    atomic_write(path, "".join(json.dumps(asdict(failure), ensure_ascii=False) + "\n" for failure in failures))

@@ -1,162 +1,132 @@
-"""The index: one vector per item, searched by inner product.
+"""The index file: one vector per indexed segment, searched by inner product.
 
-Every retriever (a trained checkpoint, the zero-shot model) reduces an item to
-one vector and a query to one vector, so that score = inner product. The
-vectors are concatenations of named *segments* (audio, metadata), which lets
-`explain` split a score into what the audio and what the metadata contributed.
+Every retriever (amr.retrievers) reduces an item to one vector and a query to
+one vector, so that score = inner product. The vectors are concatenations of
+named *parts* (audio, metadata), which lets `explain` split a score into what
+the audio and what the metadata contributed. A row is one *segment* of an
+item: a short clip is one segment spanning the whole clip; a long recording
+can be several (amr.segments), each with its start and end time.
 
-File layout (format ``amr-index``, version 1), one HDF5 file::
+Layout (format ``amr-index``, version 3): a small HDF5 *manifest*, and beside
+it a folder of append-only columns and the approximate index's files::
 
-    attrs          format, version, amr_version
-                   fingerprint      the retriever's fingerprint (an index refuses any other)
-                   fusion           the retriever's fusion mode
-                   segments         JSON [[name, dim], ...]; dims add up to the vector size
-                   retriever        JSON spec that `load_retriever` turns back into the retriever
-                   audio            JSON CacheInfo of the indexed caches (audio model, weights
-                                    sha256, ...), so query by example embeds clips the same way
-                   sources          JSON [cache path, ...] of every cache indexed
-                   auto_tags        K: items without metadata got their K top machine tags as metadata
-                   ann              JSON AnnInfo of the FAISS sidecar, or "" for exact search only
-    vectors        (N, D)   float32, contiguous: memory-mapped on open
-    ids            (N,)     utf-8 item ids
-    items          (B,)     uint8: the items as utf-8 JSON (amr.items.Item), concatenated
-    item_offsets   (N+1,)   int64: item i is items[item_offsets[i]:item_offsets[i+1]]
-    segment_norms  (N, S)   float32: each vector's norm in each segment (cosines within a
-                            segment: query by example compares audio with audio)
-    tags           (N, K)   int16: the K most probable AudioSet classes of the clip, best first
-    tag_probs      (N, K)   float16: their probabilities
+    index.h5                  the manifest, rewritten (atomically) by every build and append
+      attrs  format, version, amr_version
+             fingerprint      the retriever's fingerprint (an index refuses any other)
+             kind, fusion     the retriever's kind (trained, zero-shot) and fusion mode
+             parts            JSON [[name, dim], ...]; dims add up to the vector size D
+             retriever        JSON spec that amr.retrievers.load_retriever turns back into it
+             configuration    the retriever's configuration id (its options except the seed)
+             audio            JSON CacheInfo of the indexed caches (audio model, weights
+                              sha256, ...), so query by example embeds clips the same way
+             sources          JSON [cache path, ...] of every cache indexed
+             auto_tags        K: items without metadata got their K top machine tags as metadata
+             ann              JSON AnnInfo of the approximate index, or "" for exact search only
+             store            JSON StoreState: the column folder's token and how much of each
+                              column belongs to this version of the index
+      dead   (ceil(N/8),) uint8: bit r (little-endian bit order) set: row r was replaced
+    index.<token>.data/       raw little-endian arrays, only ever appended to:
+      vectors     (N, D)  float32; float16 in an index with an ivf-pq approximate index
+      row_item    (N,)    int32: the item of each row; an item's rows are consecutive
+      spans       (N, 2)  float32: start and end of each row's segment, in seconds
+      part_norms  (N, P)  float32: each vector's norm in each part (cosines within a
+                          part: query by example compares audio with audio)
+      tags        (N, K)  int16: the K most probable AudioSet classes of the row's audio, best first
+      tag_probs   (N, K)  float16: their probabilities
+      item_ends   (M,)    int64: item i is items[item_ends[i-1]:item_ends[i]] (0 for i = 0)
+      items       (B,)    uint8: the items as utf-8 JSON (amr.items.Item), concatenated
+      id_ends     (M,)    int64, and ids (B',) uint8: the items' ids, the same way
+      lookup.<token>      the M ids' 16-byte blake2b hashes, sorted, then (M,) int64 the item
+                          of each: id → item through a memory map, without a dict of ids
+    index.<token>.faiss       the approximate index (amr.search), if any; an ivf-pq one keeps
+    index.<token>.ivfdata     its inverted lists in this second file, memory-mapped
 
-The datasets are contiguous and uncompressed so that vectors and items are
-read through memory maps: opening an index of a million items takes
-milliseconds and a query touches only the rows it returns. An approximate
-index lives next to the file as ``<stem>.<token>.faiss``; the token is
-recorded in ``ann`` so a sidecar of another build is never used. It is a
-FAISS IVF index with 8-bit scalar-quantised vectors (a quarter of the
-memory and memory traffic of float32) that proposes a few candidates per result;
-their exact scores, from ``vectors``, decide the top k, so the scores
-(and `explain`) of what it finds are those of exact search. Files are
-written to a temporary name and renamed into place.
+Appending writes rows and items past the ends the manifest records, then a
+new manifest with the new ends: a killed run leaves the index as it was (the
+next run cuts the columns back to the recorded ends), and a query running
+meanwhile reads the version it opened. An id indexed again gets a new item
+and new rows; its old rows are marked dead (never returned, not counted)
+until a compaction (amr.indexing) rewrites the columns without them. Opening
+an index maps its columns and reads the dead bitmap (N/8 bytes): a query of
+an index of any size touches only the rows it returns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import os
 import re
 import secrets
-import time
-from contextlib import nullcontext
+import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any
 
-import faiss
 import h5py
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from amr import __version__
-from amr.cache import CacheInfo, EmbeddingCache, open_caches
+from amr.cache import CacheInfo
 from amr.errors import AmrError
+from amr.files import atomic_output
+from amr.fusion import Fusion
 from amr.hdf5 import open_versioned
 from amr.items import Item
+from amr.metrics import rank_items
+from amr.mobilenet import audioset_class_names
+from amr.retrievers import Retriever, describe
+from amr.search import (
+    PART_RERANK,
+    ann_candidates,
+    bits,
+    exact_search,
+    read_ann,
+    rerank,
+    search_parameters,
+)
 
 FORMAT = "amr-index"
-VERSION = 1
-TAGS_STORED = 5  # machine tags kept per item, for --explain
-# Up to this many items exact search (one matrix product over N x 512 float32,
-# memory-bound: ~7 ms per query at 1e5 items on two cores, bench/query.py)
-# leaves most of a 20 ms query for the text encoder; above it `amr index`
-# builds an approximate index unless told otherwise.
-EXACT_LIMIT = 50_000
-ENCODE_BATCH = 512  # items per Retriever.encode_items call
-_TINY = 1e-12  # floor of a norm that divides
-# Candidates per result the approximate index proposes for exact re-ranking:
-# 2 recovers what 8-bit quantisation mis-ranks (recall@10 0.98 at 1e6 items,
-# as with 4; 1 gives 0.96), and each candidate row read from the memory map
-# can cost a page fault.
-RERANK = 2
-# A segment search (query by example: audio cosine) takes its candidates from
-# the full inner product, which ranks differently: it needs a larger pool.
-SEGMENT_RERANK = 10
-RECALL_TARGET = 0.97  # recall@10 the nprobe of an approximate index is chosen for
-NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # tried in order
-RECALL_QUERIES = 500  # perturbed item vectors the recall check uses
-QUERY_COSINE = 0.5  # how close those probes are to their item, like a text query to its clip
-
-console = Console(stderr=True)
-
-
-class Retriever(Protocol):
-    """What the index consumes: a model that maps items and queries to vectors
-    whose inner product is the retrieval score.
-
-    ``spec`` is a JSON-able description that `load_retriever` turns back into
-    an equivalent retriever (``{"kind": "checkpoint", "path": ...}``); the index
-    records it so `amr query` can encode queries with the model that built it.
-    """
-
-    fingerprint: str
-    fusion: str
-    segments: list[tuple[str, int]]
-    spec: dict[str, Any]
-
-    def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
-        """(n, dim) float32 item vectors; items without metadata get valid (audio-only) vectors."""
-        ...
-
-    def encode_queries(self, texts: list[str]) -> np.ndarray:
-        """(q, dim) float32 query vectors."""
-        ...
-
-    def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
-        """(q, dim) float32 from clips' frame sequences and (q, 527) tag
-        probabilities: each clip's audio vector in the audio segment, zeros elsewhere."""
-        ...
-
-
-def _checkpoint_retriever(spec: dict[str, Any]) -> Retriever:
-    from amr.checkpoint import load_checkpoint
-
-    return load_checkpoint(Path(spec["path"]))
-
-
-# kind → loader of a spec of that kind (another model adds its kind here); loaders import lazily.
-def _zero_shot_retriever(spec: dict[str, Any]) -> Retriever:
-    from amr.zeroshot import load_zero_shot
-
-    return load_zero_shot(spec)
-
-
-RETRIEVER_KINDS: dict[str, Callable[[dict[str, Any]], Retriever]] = {
-    "checkpoint": _checkpoint_retriever,
-    "zero-shot": _zero_shot_retriever,
-}
-
-
-def load_retriever(spec: dict[str, Any]) -> Retriever:
-    """The one factory from a recorded spec back to a retriever."""
-    loader = RETRIEVER_KINDS.get(spec.get("kind", ""))
-    if loader is None:
-        raise AmrError(f"unknown retriever kind {spec.get('kind')!r} in {spec}; this amr knows {', '.join(RETRIEVER_KINDS)}")
-    return loader(spec)
-
-
-def checkpoint_spec(path: Path) -> dict[str, Any]:
-    return {"kind": "checkpoint", "path": str(Path(path).resolve())}
+VERSION = 3
+TAGS_STORED = 5  # machine tags kept per row, for --explain
+_TINY = 1e-12
+# An index of a few rows per item asks the approximate index for this many
+# more candidates, so that k distinct items survive keeping each item's best row.
+DUPLICATE_ALLOWANCE = 4
+ON_DISK_KINDS = ("ivf-pq",)  # approximate indexes whose lists stay on disk (and whose vectors are float16)
+LOOKUP_CHUNK = 1 << 22  # new ids hashed and merged into the lookup at once (24 bytes each in RAM)
+_LOOKUP_BLOCK = 1 << 20  # entries of the old lookup merged at once
+_HASH = np.dtype("S16")
 
 
 @dataclass(frozen=True)
 class AnnInfo:
     """The approximate index next to an index file, and how well it does."""
 
-    kind: str  # "ivf-sq8": IVF lists of 8-bit scalar-quantised vectors, re-ranked exactly
+    kind: str  # "ivf-sq8" (in RAM) or "ivf-pq" (lists on disk); both re-ranked exactly (amr.search)
     nlist: int
     nprobe: int
-    recall_at_10: float  # against exact search, on perturbed item vectors, at nprobe (after re-ranking)
-    token: str  # names the sidecar file
+    recall_at_10: float  # against exact search, on perturbed item vectors, at nprobe (after re-ranking), when trained
+    token: str  # names the sidecar file(s)
     seconds: float  # build time
+    rerank: int = 2  # candidates re-ranked per result
+    trained_rows: int = 0  # rows when its lists were trained (an index grown past twice that is retrained)
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Which column folder holds an index's rows and items, and how much of each column is the index."""
+
+    token: str  # the folder is <stem>.<token>.data
+    rows: int  # N
+    items: int  # M (item slots: replaced items keep theirs, dead)
+    item_bytes: int
+    id_bytes: int
+    vector_dtype: str  # "float32", or "float16" beside an ivf-pq index
+    lookup: str  # the lookup file is lookup.<lookup> in the folder
+    dead_rows: int = 0
+    dead_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,83 +134,468 @@ class IndexHeader:
     """Everything that says which model made an index's vectors."""
 
     fingerprint: str
-    fusion: str
-    segments: list[tuple[str, int]]
+    kind: str
+    fusion: Fusion
+    parts: list[tuple[str, int]]
     retriever: dict[str, Any]
+    configuration: str
     audio: CacheInfo
     sources: list[str] = field(default_factory=list)
     auto_tags: int = 0  # items without metadata got their clip's K most probable AudioSet classes as metadata
 
+    @classmethod
+    def of(cls, retriever: Retriever, audio: CacheInfo, sources: list[str], auto_tags: int = 0) -> IndexHeader:
+        return cls(
+            fingerprint=retriever.fingerprint,
+            kind=retriever.kind,
+            fusion=Fusion(retriever.fusion),
+            parts=[(name, int(dim)) for name, dim in retriever.parts],
+            retriever=retriever.spec,
+            configuration=retriever.configuration,
+            audio=audio,
+            sources=sources,
+            auto_tags=auto_tags,
+        )
+
     @property
     def dim(self) -> int:
-        return sum(d for _, d in self.segments)
+        return sum(d for _, d in self.parts)
 
     def require_retriever(self, retriever: Retriever, path: Path) -> None:
         """Refuse a retriever other than the one that built the index."""
         if retriever.fingerprint != self.fingerprint:
             raise AmrError(
-                f"{path}: built with {_describe(self.retriever)} (fingerprint {self.fingerprint[:12]}), "
-                f"not {_describe(retriever.spec)} (fingerprint {retriever.fingerprint[:12]}); "
+                f"{path}: built with {describe(self.retriever)} (fingerprint {self.fingerprint[:12]}), "
+                f"not {describe(retriever.spec)} (fingerprint {retriever.fingerprint[:12]}); "
                 "its vectors are not comparable: use that model, or index into another file"
             )
 
 
 @dataclass
-class IndexReport:
-    path: Path
-    items: int  # in the index now
-    added: int  # encoded by this run (new ids and replaced ones)
-    replaced: int  # ids that were in the index and were encoded again
-    ann: AnnInfo | None
-    seconds: float
+class Rows:
+    """Items and, per row, its item (an index into ``items``), segment span,
+    vector and machine tags: what an index stores, or a batch of it. Vectors
+    may be a memory map."""
+
+    items: list[Item]
+    row_item: np.ndarray  # (N,) int
+    spans: np.ndarray  # (N, 2) float32 seconds
+    vectors: np.ndarray  # (N, D)
+    tags: np.ndarray  # (N, TAGS_STORED) int
+    tag_probs: np.ndarray  # (N, TAGS_STORED)
+
+    def __len__(self) -> int:
+        return len(self.row_item)
+
+
+# --- the columns ----------------------------------------------------------------------------
+
+
+def data_folder(path: Path, token: str) -> Path:
+    return Path(path).with_name(f"{Path(path).stem}.{token}.data")
+
+
+def _columns(header: IndexHeader, vector_dtype: str) -> dict[str, tuple[np.dtype, tuple[int, ...], str]]:
+    """name → (dtype, shape of one entry, the StoreState count that is its length)."""
+    return {
+        "vectors": (np.dtype(vector_dtype).newbyteorder("<"), (header.dim,), "rows"),
+        "row_item": (np.dtype("<i4"), (), "rows"),
+        "spans": (np.dtype("<f4"), (2,), "rows"),
+        "part_norms": (np.dtype("<f4"), (len(header.parts),), "rows"),
+        "tags": (np.dtype("<i2"), (TAGS_STORED,), "rows"),
+        "tag_probs": (np.dtype("<f2"), (TAGS_STORED,), "rows"),
+        "item_ends": (np.dtype("<i8"), (), "items"),
+        "items": (np.dtype("u1"), (), "item_bytes"),
+        "id_ends": (np.dtype("<i8"), (), "items"),
+        "ids": (np.dtype("u1"), (), "id_bytes"),
+    }
+
+
+class Store:
+    """Read access to the columns of one version of an index (memory maps)."""
+
+    def __init__(self, path: Path, header: IndexHeader, state: StoreState):
+        self.folder = data_folder(path, state.token)
+        self.state = state
+        columns = _columns(header, state.vector_dtype)
+        maps = {name: _map(self.folder / name, dtype, (getattr(state, count), *shape)) for name, (dtype, shape, count) in columns.items()}
+        self.vectors = maps["vectors"]
+        self.row_item = maps["row_item"]
+        self.spans = maps["spans"]
+        self.part_norms = maps["part_norms"]
+        self.tags = maps["tags"]
+        self.tag_probs = maps["tag_probs"]
+        self._item_ends, self._items = maps["item_ends"], maps["items"]
+        self._id_ends, self._ids = maps["id_ends"], maps["ids"]
+        lookup = self.folder / f"lookup.{state.lookup}"
+        self.lookup_hashes = _map(lookup, _HASH, (state.items,))
+        self.lookup_items = _map(lookup, np.dtype("<i8"), (state.items,), offset=state.items * _HASH.itemsize)
+
+    def item(self, i: int) -> Item:
+        return Item(**json.loads(_slice(self._items, self._item_ends, i).tobytes()))
+
+    def id(self, i: int) -> str:
+        return _slice(self._ids, self._id_ends, i).tobytes().decode("utf-8")
+
+    def item_rows(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First row and end row of each of ``items``."""
+        items = np.asarray(items, np.int64)
+        return np.searchsorted(self.row_item, items, side="left"), np.searchsorted(self.row_item, items, side="right")
+
+    def find(self, hashes: np.ndarray) -> np.ndarray:
+        """The latest item of each id hash (-1: none); the latest of an id is its live one."""
+        left = np.searchsorted(self.lookup_hashes, hashes, side="left")
+        right = np.searchsorted(self.lookup_hashes, hashes, side="right")
+        # equal hashes sit in item order (each merge puts new items after old ones)
+        return np.where(right > left, self.lookup_items[np.maximum(right - 1, 0)] if len(self.lookup_items) else -1, -1)
+
+
+def _slice(blob: np.ndarray, ends: np.ndarray, i: int) -> np.ndarray:
+    start = int(ends[i - 1]) if i else 0
+    return blob[start : int(ends[i])]
+
+
+def id_hashes(ids: Sequence[str]) -> np.ndarray:
+    """The 16-byte blake2b hash of each id (collisions: about 1 in 10^22 for 10^8 ids)."""
+    return np.array([hashlib.blake2b(i.encode("utf-8"), digest_size=16).digest() for i in ids], dtype=_HASH)
+
+
+class StoreWriter:
+    """Appends rows and items to an index's columns, past the ends ``state``
+    records (cutting off what a killed run left there), and keeps its id
+    lookup and dead bitmap: an id seen before marks its old rows dead.
+    Nothing of the old columns is read but the lookup (streamed through)."""
+
+    def __init__(self, path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray):
+        self.path, self.header, self.state = Path(path), header, state
+        self.folder = data_folder(path, state.token)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.columns = _columns(header, state.vector_dtype)
+        self.files = {}
+        for name, (dtype, shape, count) in self.columns.items():
+            handle = open(self.folder / name, "ab")
+            handle.truncate(getattr(state, count) * dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+            self.files[name] = handle
+        self.dead = _grown(np.asarray(dead, np.uint8), state.rows)
+        self.first_new_item = state.items
+        self._committed_lookup = state.lookup  # the lookup readers of the current version use: kept
+        self.replaced = 0  # items that were in the index before this writer and were added again
+        self.repeated = 0  # items added twice by this writer (the last one counts)
+        self._pending: list[str] = []
+        self._bounds = np.cumsum([0] + [dim for _, dim in header.parts])
+
+    def append(self, rows: Rows) -> None:
+        """Add a batch of items and their rows (``rows.row_item`` numbers the batch's items from 0)."""
+        n, state = len(rows), self.state
+        shapes = (rows.vectors.shape, rows.spans.shape, rows.tags.shape, rows.tag_probs.shape)
+        if shapes != ((n, self.header.dim), (n, 2), (n, TAGS_STORED), (n, TAGS_STORED)):
+            raise ValueError(f"{n} rows of {self.header.dim} dims: vectors, spans, tags and tag_probs of shapes {shapes}")
+        row_item = np.asarray(rows.row_item, np.int64)
+        if n and (row_item.min() < 0 or row_item.max() >= len(rows.items) or np.any(np.diff(row_item) < 0)):
+            raise ValueError("row_item must be non-decreasing item indices (an item's rows consecutive)")
+        vectors = np.asarray(np.asarray(rows.vectors).astype(self.columns["vectors"][0]), np.float32)  # as stored
+        norms = np.stack([np.linalg.norm(vectors[:, a:b], axis=1) for a, b in zip(self._bounds[:-1], self._bounds[1:])], axis=1)
+        blobs = [item.to_json().encode("utf-8") for item in rows.items]
+        ids = [item.id.encode("utf-8") for item in rows.items]
+        self._write("vectors", vectors)
+        self._write("row_item", row_item + state.items)
+        self._write("spans", rows.spans)
+        self._write("part_norms", norms)
+        self._write("tags", rows.tags)
+        self._write("tag_probs", rows.tag_probs)
+        self._write("item_ends", state.item_bytes + np.cumsum([len(b) for b in blobs], dtype=np.int64))
+        self._write("id_ends", state.id_bytes + np.cumsum([len(b) for b in ids], dtype=np.int64))
+        self.files["items"].write(b"".join(blobs))
+        self.files["ids"].write(b"".join(ids))
+        self.state = replace(
+            state,
+            rows=state.rows + n,
+            items=state.items + len(blobs),
+            item_bytes=state.item_bytes + sum(map(len, blobs)),
+            id_bytes=state.id_bytes + sum(map(len, ids)),
+        )
+        self._pending += [item.id for item in rows.items]
+        if len(self._pending) >= LOOKUP_CHUNK:
+            self._absorb()
+
+    def finish(self) -> tuple[StoreState, np.ndarray]:
+        """Flush everything to disk; the state and dead bitmap to record in a manifest."""
+        self._absorb()
+        for handle in self.files.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        return self.state, _grown(self.dead, self.state.rows)[: (self.state.rows + 7) // 8]
+
+    def _write(self, name: str, values: np.ndarray) -> None:
+        self.files[name].write(np.ascontiguousarray(values, self.columns[name][0]).tobytes())
+
+    def _absorb(self) -> None:
+        """Merge the pending ids into the lookup; mark the rows of the items they replace dead."""
+        if not self._pending and self.state.lookup:
+            return
+        for handle in self.files.values():
+            handle.flush()
+        first = self.state.items - len(self._pending)
+        hashes = id_hashes(self._pending)
+        order = np.argsort(hashes, kind="stable")
+        hashes, items = hashes[order], first + order.astype(np.int64)
+        self._pending = []
+        old = Store(self.path, self.header, replace(self.state, items=first)) if self.state.lookup else None
+        repeated = items[:-1][hashes[:-1] == hashes[1:]]  # an id twice in this batch: the earlier is replaced
+        previous = old.find(hashes) if old is not None else np.full(len(hashes), -1)
+        previous = np.unique(previous[previous >= 0])
+        self.replaced += int(np.sum(previous < self.first_new_item))
+        self.repeated += int(np.sum(previous >= self.first_new_item)) + len(repeated)
+        self._kill(np.concatenate([previous, repeated]))
+        token = secrets.token_hex(4)
+        _merge_lookup(old, hashes, items, self.folder / f"lookup.{token}")
+        if self.state.lookup and self.state.lookup != self._committed_lookup:
+            (self.folder / f"lookup.{self.state.lookup}").unlink(missing_ok=True)  # made by this writer, superseded
+        self.state = replace(self.state, lookup=token)
+
+    def _kill(self, items: np.ndarray) -> None:
+        """Mark every row of ``items`` dead."""
+        if not len(items):
+            return
+        rows = _rows_of(self.path, self.state, items)
+        self.dead = _grown(self.dead, self.state.rows)
+        np.bitwise_or.at(self.dead, rows >> 3, (1 << (rows & 7)).astype(np.uint8))
+        self.state = replace(self.state, dead_rows=self.state.dead_rows + len(rows), dead_items=self.state.dead_items + len(items))
+
+
+def _grown(bitmap: np.ndarray, n: int) -> np.ndarray:
+    """``bitmap`` padded with zeros to hold at least n bits."""
+    return np.concatenate([bitmap, np.zeros(max(0, (n + 7) // 8 - len(bitmap)), np.uint8)])
+
+
+def _rows_of(path: Path, state: StoreState, items: np.ndarray) -> np.ndarray:
+    """Every row of ``items``, read from the columns as written so far."""
+    row_item = _map(data_folder(path, state.token) / "row_item", np.dtype("<i4"), (state.rows,))
+    starts, ends = np.searchsorted(row_item, items, side="left"), np.searchsorted(row_item, items, side="right")
+    counts = ends - starts
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+
+
+def _merge_lookup(old: Store | None, hashes: np.ndarray, items: np.ndarray, out: Path) -> None:
+    """Write the lookup of ``old`` plus the sorted (``hashes``, ``items``) to
+    ``out``, streaming the old one block by block; equal hashes keep item order."""
+    old_hashes = old.lookup_hashes if old is not None else np.zeros(0, _HASH)
+    old_items = old.lookup_items if old is not None else np.zeros(0, np.int64)
+    total = len(old_hashes) + len(hashes)
+    with open(out, "wb") as f:
+        f.truncate(total * (_HASH.itemsize + 8))
+    if not total:
+        return
+    out_hashes = np.memmap(out, _HASH, "r+", shape=(total,))
+    out_items = np.memmap(out, np.dtype("<i8"), "r+", offset=total * _HASH.itemsize, shape=(total,))
+    taken = written = 0
+    for start in range(0, max(len(old_hashes), 1), _LOOKUP_BLOCK):
+        block_hashes, block_items = old_hashes[start : start + _LOOKUP_BLOCK], old_items[start : start + _LOOKUP_BLOCK]
+        last = start + _LOOKUP_BLOCK >= len(old_hashes)
+        upto = len(hashes) if last else int(np.searchsorted(hashes, block_hashes[-1], side="right"))
+        merged_hashes = np.concatenate([block_hashes, hashes[taken:upto]])
+        merged_items = np.concatenate([block_items, items[taken:upto]])
+        order = np.argsort(merged_hashes, kind="stable")  # old entries (older items) first among equal hashes
+        out_hashes[written : written + len(order)] = merged_hashes[order]
+        out_items[written : written + len(order)] = merged_items[order]
+        written, taken = written + len(order), upto
+    out_hashes.flush()
+    out_items.flush()
+    del out_hashes, out_items
+
+
+COPY_ITEMS = 1 << 16  # items a compaction copies at once
+
+
+def compact(path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray, vector_dtype: str) -> tuple[StoreState, np.ndarray]:
+    """The rows and items of ``state`` without the dead ones, in a new column
+    folder, vectors stored as ``vector_dtype``: streamed in blocks of
+    COPY_ITEMS items (nothing is returned to the manifest: the caller commits)."""
+    old = Store(path, header, state)
+    writer = StoreWriter(path, header, new_state(vector_dtype), np.zeros(0, np.uint8))
+    for first in range(0, state.items, COPY_ITEMS):
+        items = np.arange(first, min(first + COPY_ITEMS, state.items))
+        starts, ends = old.item_rows(items)
+        r0, r1 = int(starts[0]), int(ends[-1])
+        alive = ~bits(dead, r0, r1) if state.dead_rows else np.ones(r1 - r0, bool)
+        kept = items[alive[starts - r0]]  # an item lives while its rows do
+        row_item = old.row_item[r0:r1][alive]
+        writer.append(
+            Rows(
+                [old.item(int(i)) for i in kept],
+                np.searchsorted(kept, row_item),
+                old.spans[r0:r1][alive],
+                old.vectors[r0:r1][alive],
+                old.tags[r0:r1][alive],
+                old.tag_probs[r0:r1][alive],
+            )
+        )
+    return writer.finish()
+
+
+def new_state(vector_dtype: str = "float32") -> StoreState:
+    """An empty store in a new folder."""
+    return StoreState(secrets.token_hex(4), 0, 0, 0, 0, vector_dtype, "")
+
+
+# --- the manifest ---------------------------------------------------------------------------
+
+
+def write_manifest(path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray, ann: AnnInfo | None) -> None:
+    """Make ``state`` (and ``ann``) the index at ``path``, atomically."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_attrs(f, header, ann)
+        f.attrs["store"] = json.dumps(asdict(state))
+        f.create_dataset("dead", data=np.asarray(dead, np.uint8))
+
+
+def write_index(path: Path, header: IndexHeader, rows: Rows | Iterable[Rows], vector_dtype: str = "float32") -> None:
+    """Write a new index of ``rows`` (one batch, or batches streamed in turn),
+    exact search only; what was at ``path`` before is removed."""
+    writer = StoreWriter(path, header, new_state(vector_dtype), np.zeros(0, np.uint8))
+    for batch in [rows] if isinstance(rows, Rows) else rows:
+        writer.append(batch)
+    state, dead = writer.finish()
+    write_manifest(path, header, state, dead, None)
+    remove_unused(path, state, None)
+
+
+def remove_unused(path: Path, state: StoreState, ann: AnnInfo | None) -> None:
+    """Delete the column folders and sidecars beside ``path`` that this version does not use
+    (older versions, or what a killed run left), and superseded lookups."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"\.([0-9a-f]{8})\.(data|faiss|ivfdata)")
+    for other in path.parent.glob(f"{path.stem}.*"):
+        match = pattern.fullmatch(other.name)
+        if match is None:
+            continue
+        used = state.token if match.group(2) == "data" else (ann.token if ann is not None else None)
+        if match.group(1) != used:
+            shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
+    for lookup in data_folder(path, state.token).glob("lookup.*"):
+        if lookup.name != f"lookup.{state.lookup}":
+            lookup.unlink(missing_ok=True)
+
+
+def sidecar_path(path: Path, info: AnnInfo) -> Path:
+    return Path(path).with_name(f"{Path(path).stem}.{info.token}.faiss")
+
+
+def sidecars(path: Path) -> list[Path]:
+    """The approximate index files beside the index at ``path`` (of any build)."""
+    pattern = re.compile(re.escape(path.stem) + r"\.[0-9a-f]{8}\.(faiss|ivfdata)")
+    return sorted(p for p in path.parent.glob(f"{path.stem}.*") if pattern.fullmatch(p.name))
+
+
+# --- reading --------------------------------------------------------------------------------
 
 
 class Index:
-    """Read access to an index file; vectors and items are memory-mapped."""
+    """Read access to an index; vectors and items are memory-mapped.
+
+    ``items_count`` counts item slots (``row_item`` values, ``item(i)``),
+    replaced items included; ``live_items`` and ``live_rows`` what searches return."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        with _open(self.path) as f:
-            missing = [name for name in _DATASETS if name not in f]
-            if missing:
-                raise AmrError(f"{self.path}: dataset(s) {', '.join(missing)} missing; rebuild the index")
+        with open_versioned(self.path, FORMAT, VERSION, "index") as f:
+            if "dead" not in f:
+                raise AmrError(f"{self.path}: dataset dead missing; rebuild the index")
             self.header = _header_from_attrs(self.path, f)
-            ann = str(f.attrs["ann"])
-            n = f["vectors"].shape[0]
-            self.vectors = _memmap(self.path, f["vectors"])
-            self.tags = _memmap(self.path, f["tags"])
-            self.tag_probs = _memmap(self.path, f["tag_probs"])
-            self.segment_norms = _memmap(self.path, f["segment_norms"])
-            self._items = _memmap(self.path, f["items"])
-            self._item_offsets = _memmap(self.path, f["item_offsets"]).copy()  # 8 MB per million items: no page faults
-        if self.vectors.shape != (n, self.header.dim):
-            raise AmrError(f"{self.path}: vectors of shape {self.vectors.shape} do not match the segments {self.header.segments}")
-        self.ann_info = AnnInfo(**json.loads(ann)) if ann else None
-        self.ann: faiss.IndexIVF | None = None
+            self.ann_info = _ann_info(self.path, str(f.attrs["ann"]))
+            self.state = _store_state(self.path, str(f.attrs["store"]))
+            self.dead = f["dead"][:]
+        self.store = Store(self.path, self.header, self.state)
+        self.vectors = self.store.vectors
+        self.row_item = self.store.row_item
+        self.spans = self.store.spans
+        self.part_norms = self.store.part_norms
+        self.tags = self.store.tags
+        self.tag_probs = self.store.tag_probs
+        n = self.state.rows
+        if self.dead.shape != ((n + 7) // 8,):
+            raise AmrError(f"{self.path}: its dead bitmap has {self.dead.size} bytes for {n} rows; rebuild the index")
+        self.items_count = self.state.items
+        self.live_rows = n - self.state.dead_rows
+        self.live_items = self.items_count - self.state.dead_items
+        self.single_rows = n == self.items_count  # one segment per item: rows are items
+        self.ann = None
+        self._params = None
         if self.ann_info is not None:
-            self.ann = _read_sidecar(self.path, self.ann_info, n)
+            self.ann = read_ann(sidecar_path(self.path, self.ann_info), self.ann_info.kind in ON_DISK_KINDS)
+            if self.ann.ntotal != n or self.ann.d != self.header.dim:
+                raise AmrError(
+                    f"{sidecar_path(self.path, self.ann_info)}: holds {self.ann.ntotal} vectors of {self.ann.d} dims, "
+                    f"the index {n} of {self.header.dim}; run `amr index --ann` again"
+                )
+            self.ann.nprobe = self.ann_info.nprobe
+            self._params = search_parameters(self.ann, self.dead if self.state.dead_rows else None)
+        self._file = os.open(self.store.folder / "vectors", os.O_RDONLY) if self.ann is not None else None
 
     def __len__(self) -> int:
-        return self.vectors.shape[0]
+        """Rows (segments), dead ones included."""
+        return self.state.rows
 
-    def item(self, row: int) -> Item:
-        start, end = int(self._item_offsets[row]), int(self._item_offsets[row + 1])
-        return Item(**json.loads(self._items[start:end].tobytes()))
+    def __del__(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            os.close(self._file)
 
-    def segment(self, name: str | None) -> tuple[slice, np.ndarray | None]:
-        """The columns of segment ``name`` and the rows' norms in it; all columns and no norms for None."""
+    def item(self, i: int) -> Item:
+        """Item ``i`` (an item index; the item of a row is ``row_item[row]``)."""
+        return self.store.item(i)
+
+    def item_of_row(self, row: int) -> Item:
+        return self.item(int(self.row_item[row]))
+
+    def part(self, name: str | None) -> tuple[slice, np.ndarray | None]:
+        """The columns of part ``name`` and the rows' norms in it; all columns and no norms for None."""
         if name is None:
             return slice(None), None
         start = 0
-        for s, (segment, dim) in enumerate(self.header.segments):
-            if segment == name:
-                return slice(start, start + dim), self.segment_norms[:, s]
+        for p, (part, dim) in enumerate(self.header.parts):
+            if part == name:
+                return slice(start, start + dim), self.part_norms[:, p]
             start += dim
-        raise AmrError(f"{self.path}: has no {name} segment (fusion {self.header.fusion}: segments {self.header.segments})")
+        raise AmrError(f"{self.path}: has no {name} part (fusion {self.header.fusion.value}: parts {self.header.parts})")
 
-    def ids(self) -> list[str]:
-        with h5py.File(self.path, "r") as f:
-            return list(f["ids"].asstr()[:])
+    def ids(self) -> list[str | None]:
+        """The id of each item slot; None for a replaced one (its id is now a later item's)."""
+        ids: list[str | None] = [self.store.id(i) for i in range(self.items_count)]
+        if self.state.dead_items:
+            firsts, _ = self.store.item_rows(np.arange(self.items_count))
+            for i in np.flatnonzero(bits(self.dead, 0, len(self))[firsts]):
+                ids[i] = None
+        return ids
+
+    def find(self, ids: Sequence[str]) -> np.ndarray:
+        """The item of each id (-1 where the index has none), through the on-disk lookup."""
+        return self.store.find(id_hashes(ids)) if len(ids) else np.zeros(0, np.int64)
+
+    def rows(self, keep: Sequence[int] | None = None) -> Rows:
+        """Stored rows of the items ``keep`` (item indices, in order; all live ones when None), renumbered."""
+        if keep is None:
+            keep = [i for i, item_id in enumerate(self.ids()) if item_id is not None] if self.state.dead_items else range(self.items_count)
+        starts, ends = self.store.item_rows(np.asarray(keep, np.int64))
+        selected = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(starts) else np.zeros(0, np.int64)
+        counts = ends - starts
+        return Rows(
+            items=[self.item(i) for i in keep],
+            row_item=np.repeat(np.arange(len(counts)), counts),
+            spans=self.spans[selected],
+            vectors=self.vectors[selected],
+            tags=self.tags[selected],
+            tag_probs=self.tag_probs[selected],
+        )
+
+    def prefetch(self, rows: np.ndarray) -> None:
+        """Ask the kernel to read the vectors of ``rows`` now, all at once, so
+        that re-ranking them waits for the slowest read, not for each in turn."""
+        if self._file is None or self.ann_info is None or self.ann_info.kind not in ON_DISK_KINDS:
+            return
+        size = self.vectors.itemsize * self.header.dim
+        for row in np.unique(rows[rows >= 0]).tolist():
+            os.posix_fadvise(self._file, row * size, size, os.POSIX_FADV_WILLNEED)
 
 
 def open_index(path: Path) -> Index:
@@ -248,437 +603,177 @@ def open_index(path: Path) -> Index:
 
 
 def search(
-    index: Index, queries: np.ndarray, top: int, exact: bool = False, segment: str | None = None
+    index: Index, queries: np.ndarray, top: int, exact: bool = False, part: str | None = None, per_item: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` best rows per query, best first: (rows (Q, k) int64, scores (Q, k) float32).
 
-    Scores are inner products; with ``segment`` (query by example: "audio")
-    they are the cosine between the query's and the item's parts in that
-    segment, whatever the other segments hold. Uses the approximate index
-    when there is one (unless ``exact``); k is ``min(top, len(index))``.
-    Equal scores rank the lower row first; an approximate search that finds
-    fewer than k rows pads with row -1."""
+    Scores are inner products; with ``part`` (query by example: "audio") they
+    are the cosine between the query's and the row's vectors in that part,
+    whatever the other parts hold. ``per_item`` keeps only each item's best
+    row (its best segment), so k counts items; otherwise every row counts.
+    Uses the approximate index when there is one (unless ``exact``); k is
+    ``min(top, live items or rows)``. Equal scores rank the lower row first; an
+    approximate search that finds fewer than k pads with row -1. Dead
+    (replaced) rows are never returned."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.header.dim:
         raise ValueError(f"queries must be (Q, {index.header.dim}), got {queries.shape}")
-    k = min(top, len(index))
-    columns, norms = index.segment(segment)
+    grouped = per_item and not index.single_rows
+    k = min(top, index.live_items if grouped else index.live_rows)
+    if k == 0:
+        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    columns, norms = index.part(part)
+    dead = index.dead if index.state.dead_rows else None
     if index.ann is not None and not exact:
-        pool = RERANK * k if segment is None else SEGMENT_RERANK * k
-        return ann_search(index.ann, index.vectors, queries, k, pool, columns, norms)
-    return exact_search(index.vectors[:, columns], queries[:, columns], k, norms)
+        per_result = index.ann_info.rerank if part is None else max(PART_RERANK, index.ann_info.rerank)
+        pool = per_result * k * (DUPLICATE_ALLOWANCE if grouped else 1)
+        candidates = ann_candidates(index.ann, queries, pool, index._params)
+        if candidates.size and candidates.max() >= len(index):  # lists of random bytes
+            sidecar = sidecar_path(index.path, index.ann_info)
+            raise AmrError(f"{sidecar}: proposed row {candidates.max()} of {len(index)}: damaged; run `amr index --ann` again")
+        index.prefetch(candidates)
+        rows, scores = rerank(index.vectors, queries, candidates, pool if grouped else k, columns, norms)
+        return _best_per_item(rows, scores, index.row_item, k) if grouped else (rows, scores)
+    if not grouped:
+        return exact_search(index.vectors[:, columns], queries[:, columns], k, norms, dead=dead)
+    return _exact_per_item(index, queries[:, columns], columns, norms, k, dead)
 
 
-def ann_search(
-    ann: faiss.IndexIVF,
-    vectors: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    pool: int,
-    columns: slice | None = None,
-    norms: np.ndarray | None = None,
+def _exact_per_item(
+    index: Index, queries: np.ndarray, columns: slice, norms: np.ndarray | None, k: int, dead: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``pool`` candidates from the approximate index, the best k of them by
-    their exact scores over ``columns`` (divided by the rows' ``norms`` when
-    given); ties by row, missing candidates are row -1."""
-    columns = columns or slice(None)
-    _, candidates = ann.search(queries, min(pool, len(vectors)))
-    found = candidates >= 0
-    rows = np.where(found, candidates, 0)
-    parts = np.asarray(vectors[rows.ravel()][:, columns], np.float32).reshape(*rows.shape, -1)
-    exact = np.einsum("qd,qcd->qc", queries[:, columns], parts)
-    if norms is not None:
-        exact /= np.maximum(norms[rows], _TINY)
-    scores = np.where(found, exact, -np.inf).astype(np.float32)
-    order = np.lexsort((candidates, -scores), axis=1)[:, :k]
-    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(scores, order, axis=1)
-
-
-def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, norms: np.ndarray | None = None, block: int = 1 << 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exhaustive top-k by inner product (divided by the rows' ``norms`` when
-    given), in blocks of rows so memory stays bounded for any number of
-    queries; ties go to the lower row."""
-    n = vectors.shape[0]
-    best_rows = np.empty((queries.shape[0], 0), np.int64)
-    best_scores = np.empty((queries.shape[0], 0), np.float32)
-    for start in range(0, n, block):
-        scores = queries @ vectors[start : start + block].T
+    """Every row scored, each item by its best row (the first of equal ones), the best k items."""
+    firsts = np.flatnonzero(np.r_[True, np.diff(index.row_item) != 0])
+    out_rows = np.empty((len(queries), k), np.int64)
+    out_scores = np.empty((len(queries), k), np.float32)
+    block = max(1, (1 << 24) // max(1, len(index)))  # queries scored at once: at most 16 M scores
+    for q0 in range(0, len(queries), block):
+        scores = queries[q0 : q0 + block] @ np.asarray(index.vectors[:, columns], np.float32).T
         if norms is not None:
-            scores /= np.maximum(norms[start : start + block], _TINY)
-        if scores.shape[1] > k:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        best_rows = np.concatenate([best_rows, part + start], axis=1)
-        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, axis=1)], axis=1)
-        order = np.lexsort((best_rows, -best_scores), axis=1)[:, :k]
-        best_rows = np.take_along_axis(best_rows, order, axis=1)
-        best_scores = np.take_along_axis(best_scores, order, axis=1)
-    return best_rows, best_scores
+            scores /= np.maximum(norms, _TINY)
+        if dead is not None:
+            scores[:, bits(dead, 0, len(index))] = -np.inf
+        item_scores = np.maximum.reduceat(scores, firsts, axis=1)
+        best_items = rank_items(item_scores, k)
+        for r, items in enumerate(best_items):
+            for c, item in enumerate(items):
+                start = firsts[item]
+                end = firsts[item + 1] if item + 1 < len(firsts) else len(index)
+                out_rows[q0 + r, c] = start + int(np.argmax(scores[r, start:end]))
+            out_scores[q0 + r] = item_scores[r, items]
+    return out_rows, out_scores
 
 
-def explain(index: Index, query: np.ndarray, row: int, segment: str | None = None) -> dict[str, float]:
-    """How much each segment (audio, metadata) contributed to the score of
-    ``row`` for ``query``: segment-wise inner products, which add up to the
-    score. With ``segment`` (the score is a cosine in it), that cosine."""
+def _best_per_item(rows: np.ndarray, scores: np.ndarray, row_item: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Of rows ranked best first (-1: none), each item's first, the first k (padded with -1)."""
+    out_rows = np.full((len(rows), k), -1, np.int64)
+    out_scores = np.full((len(rows), k), -np.inf, np.float32)
+    for q, (ranked, values) in enumerate(zip(rows, scores)):
+        seen: set[int] = set()
+        c = 0
+        for row, score in zip(ranked, values):
+            if row < 0 or c == k:
+                break
+            item = int(row_item[row])
+            if item not in seen:
+                seen.add(item)
+                out_rows[q, c], out_scores[q, c] = row, score
+                c += 1
+    return out_rows, out_scores
+
+
+def explain(index: Index, query: np.ndarray, row: int, part: str | None = None) -> dict[str, float]:
+    """How much each part (audio, metadata) contributed to the score of
+    ``row`` for ``query``: part-wise inner products, which add up to the
+    score. With ``part`` (the score is a cosine in it), that cosine."""
     vector = np.asarray(index.vectors[row], dtype=np.float32)
-    if segment is not None:
-        columns, norms = index.segment(segment)
-        return {segment: float(query[columns] @ vector[columns] / max(float(norms[row]), _TINY))}
+    if part is not None:
+        columns, norms = index.part(part)
+        return {part: float(query[columns] @ vector[columns] / max(float(norms[row]), _TINY))}
     contributions, start = {}, 0
-    for name, dim in index.header.segments:
+    for name, dim in index.header.parts:
         contributions[name] = float(query[start : start + dim] @ vector[start : start + dim])
         start += dim
     return contributions
 
 
 def machine_tags(index: Index, row: int) -> list[tuple[str, float]]:
-    """The clip's most probable AudioSet classes, as the index stores them."""
-    from amr.mobilenet import audioset_class_names
-
-    names = audioset_class_names()
-    return [(names[c], round(float(p), 3)) for c, p in zip(index.tags[row], index.tag_probs[row])]
-
-
-# --- building -----------------------------------------------------------------------------
-
-
-def build_index(
-    retriever: Retriever,
-    caches: Sequence[Path],
-    output: Path,
-    *,
-    splits: Sequence[str] | None = None,
-    append: bool = False,
-    ann: bool | None = None,
-    auto_tags: int | None = None,
-    progress: bool = True,
-) -> IndexReport:
-    """Encode every item of ``caches`` (in ``splits``, all when None) and write the index.
-
-    ``append`` adds to the index at ``output`` without re-encoding what it
-    holds; an id encoded again replaces the old vector. ``ann`` builds the
-    approximate index: True, False, or None for "when the index holds more
-    than EXACT_LIMIT items" (an appended index keeps its choice).
-    ``auto_tags`` K gives items without metadata their clip's K most probable
-    AudioSet classes as metadata (default 0; an appended index keeps its K)."""
-    started = time.perf_counter()
-    output = Path(output)
-    opened = open_caches(caches)
-    try:
-        header = IndexHeader(
-            fingerprint=retriever.fingerprint,
-            fusion=retriever.fusion,
-            segments=[(name, int(dim)) for name, dim in retriever.segments],
-            retriever=retriever.spec,
-            audio=opened[0].info,
-            sources=[str(c.path.resolve()) for c in opened],
-        )
-        previous = _previous(output, header, retriever, auto_tags) if append else None
-        header = replace(header, auto_tags=previous.header.auto_tags if previous is not None else auto_tags or 0)
-        selected = [(c, _select(c, splits)) for c in opened]
-        total = sum(len(rows) for _, rows in selected)
-        if total == 0:
-            raise AmrError(f"{', '.join(str(c) for c in caches)}: no items in split(s) {', '.join(splits or ())}")
-        encoded = _encode(retriever, selected, header, progress)
-    finally:
-        for cache in opened:
-            cache.close()
-
-    rows, replaced = _last_of_each_id(encoded), 0
-    if previous is not None:
-        new_ids = {item.id for item in rows.items}
-        kept = [row for row, item_id in enumerate(previous.ids()) if item_id not in new_ids]
-        replaced = len(previous) - len(kept)
-        rows = _Rows.stored(previous, kept) + rows
-        header = replace(header, sources=_merged(previous.header.sources, header.sources))
-    if ann is None:
-        ann = (previous is not None and previous.ann_info is not None) or len(rows.items) > EXACT_LIMIT
-    write_index(output, header, rows.items, rows.vectors, rows.tags, rows.probs)
-    info = add_ann(output, progress=progress) if ann else None
-    return IndexReport(output, len(rows.items), len(encoded.items), replaced, info, time.perf_counter() - started)
-
-
-def write_index(
-    path: Path,
-    header: IndexHeader,
-    items: Sequence[Item],
-    vectors: np.ndarray,
-    tags: np.ndarray,
-    tag_probs: np.ndarray,
-) -> None:
-    """Write an exact-search index (no sidecar) atomically. ``vectors`` may be a memory map."""
-    n = len(items)
-    if vectors.shape != (n, header.dim) or tags.shape[0] != n or tag_probs.shape != tags.shape:
-        raise ValueError(f"{n} items, vectors {vectors.shape} (dim {header.dim}), tags {tags.shape}, probs {tag_probs.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    blobs = [item.to_json().encode("utf-8") for item in items]
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum([len(b) for b in blobs], out=offsets[1:])
-    with h5py.File(tmp, "w") as f:
-        _write_attrs(f, header, ann="")
-        out = f.create_dataset("vectors", (n, header.dim), np.float32)
-        norms = f.create_dataset("segment_norms", (n, len(header.segments)), np.float32)
-        bounds = np.cumsum([0] + [dim for _, dim in header.segments])
-        for start in range(0, n, 1 << 16):
-            block = np.asarray(vectors[start : start + (1 << 16)], np.float32)
-            out[start : start + len(block)] = block
-            norms[start : start + len(block)] = np.stack(
-                [np.linalg.norm(block[:, a:b], axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1
-            )
-        f.create_dataset("ids", data=np.array([item.id for item in items], dtype=object), dtype=h5py.string_dtype())
-        f.create_dataset("items", data=np.frombuffer(b"".join(blobs), np.uint8))
-        f.create_dataset("item_offsets", data=offsets)
-        f.create_dataset("tags", data=tags.astype(np.int16))
-        f.create_dataset("tag_probs", data=tag_probs.astype(np.float16))
-    old = _sidecars(path)
-    tmp.replace(path)
-    for sidecar in old:
-        sidecar.unlink()
-
-
-def add_ann(path: Path, progress: bool = True) -> AnnInfo:
-    """Build the approximate index of an index file: FAISS IVF (inner
-    product) over 8-bit scalar-quantised residuals, nlist ≈ 2·√N lists
-    trained by k-means on 40 vectors per list (10 iterations), and nprobe
-    the smallest of NPROBES whose recall@10 against exact search (after
-    re-ranking, as `search` does) reaches RECALL_TARGET on perturbed item
-    vectors. The recall is printed to stderr and recorded in the file.
-
-    Measured on a million clustered 512-dim vectors, two cores: 2·√N lists
-    (2000) build in 46 s and answer in 1.7 ms at nprobe 64; 4·√N lists
-    (4000) take 171 s and 2.0 ms at nprobe 128, for the same recall (0.98).
-    FAISS HNSW (M 32) needed efSearch 512 for recall 0.975 and 30 s to
-    build 1e5 items, so a million would take many minutes."""
-    started = time.perf_counter()
-    vectors = Index(path).vectors
-    n, dim = vectors.shape
-    nlist = max(1, min(round(2 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
-    rng = np.random.default_rng(0)
-    train = np.ascontiguousarray(vectors[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))])
-    ivf = faiss.IndexIVFScalarQuantizer(
-        faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    ivf.cp.niter = 10
-    with _status(progress, f"training {nlist} lists on {len(train)} vectors"):
-        ivf.train(train)
-    del train
-    with _status(progress, f"adding {n} vectors"):
-        for start in range(0, n, 1 << 16):
-            ivf.add(np.ascontiguousarray(vectors[start : start + (1 << 16)]))
-    probes = perturbed_queries(vectors, RECALL_QUERIES, rng)
-    truth, _ = exact_search(vectors, probes, min(10, n))
-    for nprobe in [p for p in NPROBES if p < nlist] + [nlist]:
-        ivf.nprobe = nprobe
-        recall = recall_at(ann_search(ivf, vectors, probes, truth.shape[1], RERANK * truth.shape[1])[0], truth)
-        if recall >= RECALL_TARGET:
-            break
-    info = AnnInfo("ivf-sq8", nlist, nprobe, round(recall, 4), secrets.token_hex(4), round(time.perf_counter() - started, 1))
-    faiss.write_index(ivf, str(sidecar_path(path, info)))
-    with h5py.File(path, "a") as f:
-        f.attrs["ann"] = json.dumps(asdict(info))
-    for stale in _sidecars(path):
-        if stale != sidecar_path(path, info):
-            stale.unlink()
-    console.print(
-        f"approximate index: IVF-SQ8, {nlist} lists, nprobe {nprobe}, re-ranked: recall@10 {recall:.3f} against exact search "
-        f"({len(probes)} perturbed item vectors), built in {info.seconds:.0f} s",
-        highlight=False,
-        soft_wrap=True,
-    )
-    return info
-
-
-def perturbed_queries(vectors: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Probe queries near the collection: random items moved in a random
-    direction until their cosine to the item is QUERY_COSINE (about what a
-    text query has to its clip), unit length."""
-    rows = np.sort(rng.choice(len(vectors), min(count, len(vectors)), replace=False))
-    base = np.asarray(vectors[rows], dtype=np.float32)
-    base /= np.linalg.norm(base, axis=1, keepdims=True)
-    noise = rng.standard_normal(base.shape).astype(np.float32)
-    noise -= (noise * base).sum(1, keepdims=True) * base
-    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    sine = math.sqrt(1 - QUERY_COSINE**2)
-    return np.ascontiguousarray(QUERY_COSINE * base + sine * noise)
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the true top-k rows that were found."""
-    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth))
-    return hits / truth.size
-
-
-def sidecar_path(path: Path, info: AnnInfo) -> Path:
-    return path.with_name(f"{path.stem}.{info.token}.faiss")
+    """The row's most probable AudioSet classes, as the index stores them."""
+    classes = audioset_class_names()
+    return [(classes[c], round(float(p), 3)) for c, p in zip(index.tags[row], index.tag_probs[row])]
 
 
 # --- internals ----------------------------------------------------------------------------
 
-
-def _select(cache: EmbeddingCache, splits: Sequence[str] | None) -> list[int]:
-    return [i for i, item in enumerate(cache.items) if splits is None or item.split in splits]
+_HEADER_ATTRS = ("fingerprint", "kind", "fusion", "parts", "retriever", "configuration", "audio", "sources", "auto_tags", "ann", "store")
 
 
-@dataclass
-class _Rows:
-    """Items with their vectors and machine tags, in index order."""
-
-    items: list[Item]
-    vectors: np.ndarray
-    tags: np.ndarray
-    probs: np.ndarray
-
-    @classmethod
-    def stored(cls, index: Index, rows: list[int]) -> _Rows:
-        return cls([index.item(r) for r in rows], index.vectors[rows], index.tags[rows], index.tag_probs[rows])
-
-    def take(self, rows: list[int]) -> _Rows:
-        return _Rows([self.items[r] for r in rows], self.vectors[rows], self.tags[rows], self.probs[rows])
-
-    def __add__(self, other: _Rows) -> _Rows:
-        return _Rows(
-            self.items + other.items,
-            np.concatenate([self.vectors, other.vectors]),
-            np.concatenate([self.tags, other.tags]),
-            np.concatenate([self.probs, other.probs]),
-        )
-
-
-def _last_of_each_id(rows: _Rows) -> _Rows:
-    """An id encoded twice (in two caches) keeps its last version."""
-    last = {item.id: row for row, item in enumerate(rows.items)}
-    return rows if len(last) == len(rows.items) else rows.take(sorted(last.values()))
-
-
-def _encode(retriever: Retriever, selected: list[tuple[EmbeddingCache, list[int]]], header: IndexHeader, progress: bool) -> _Rows:
-    total = sum(len(rows) for _, rows in selected)
-    tags = np.empty((total, TAGS_STORED), np.int16)
-    out = _Rows([], np.empty((total, header.dim), np.float32), tags, np.empty(tags.shape, np.float16))
-    bar = Progress(
-        TextColumn("index"), BarColumn(), TextColumn("{task.completed}/{task.total} items"), TimeElapsedColumn(),
-        console=console, disable=not progress, transient=True,
-    )
-    with bar:
-        task = bar.add_task("index", total=total)
-        for cache, rows in selected:
-            for start in range(0, len(rows), ENCODE_BATCH):
-                batch = rows[start : start + ENCODE_BATCH]
-                at = slice(len(out.items), len(out.items) + len(batch))
-                encoded = retriever.encode_items(cache, batch, header.auto_tags)
-                if encoded.shape != (len(batch), header.dim):
-                    raise AmrError(
-                        f"{_describe(retriever.spec)}: encode_items returned {encoded.shape}, expected {(len(batch), header.dim)}"
-                    )
-                _require_valid(encoded, [cache.items[i] for i in batch], cache.path)
-                out.vectors[at] = encoded
-                top = np.argsort(-cache.tags[batch], axis=1, kind="stable")[:, :TAGS_STORED]
-                out.tags[at] = top
-                out.probs[at] = np.take_along_axis(cache.tags[batch], top, axis=1)
-                out.items.extend(cache.items[i] for i in batch)
-                bar.advance(task, len(batch))
-    return out
-
-
-def _require_valid(vectors: np.ndarray, items: list[Item], cache: Path) -> None:
-    """Every item must get a finite, non-zero vector (a retriever bug otherwise)."""
-    norms = np.linalg.norm(vectors, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if len(bad):
-        item = items[bad[0]]
-        raise AmrError(f"{cache}: item {item.id!r} got a zero or non-finite vector ({len(bad)} items in this batch)")
-
-
-def _previous(output: Path, header: IndexHeader, retriever: Retriever, auto_tags: int | None) -> Index:
-    """The index to append to, after checking it was built by the same model,
-    from the same audio model, with the same auto tags (when given)."""
-    if not output.exists():
-        raise AmrError(f"{output}: no index to append to; build it first (without --append)")
-    previous = Index(output)
-    previous.header.require_retriever(retriever, output)
-    previous.header.audio.require_compatible(header.audio, ", ".join(header.sources))
-    if auto_tags is not None and auto_tags != previous.header.auto_tags:
-        raise AmrError(f"{output}: was built with auto tags {previous.header.auto_tags}, not {auto_tags}; append with the same")
-    return previous
-
-
-def _merged(old: list[str], new: list[str]) -> list[str]:
-    return old + [s for s in new if s not in old]
-
-
-def _write_attrs(f: h5py.File, header: IndexHeader, ann: str) -> None:
+def _write_attrs(f: h5py.File, header: IndexHeader, ann: AnnInfo | None) -> None:
     f.attrs["format"] = FORMAT
     f.attrs["version"] = VERSION
     f.attrs["amr_version"] = __version__
     f.attrs["fingerprint"] = header.fingerprint
-    f.attrs["fusion"] = header.fusion
-    f.attrs["segments"] = json.dumps(header.segments)
+    f.attrs["kind"] = header.kind
+    f.attrs["fusion"] = header.fusion.value
+    f.attrs["parts"] = json.dumps(header.parts)
     f.attrs["retriever"] = json.dumps(header.retriever)
+    f.attrs["configuration"] = header.configuration
     f.attrs["audio"] = json.dumps(asdict(header.audio))
     f.attrs["sources"] = json.dumps(header.sources)
     f.attrs["auto_tags"] = header.auto_tags
-    f.attrs["ann"] = ann
-
-
-def _open(path: Path) -> h5py.File:
-    return open_versioned(path, FORMAT, VERSION, "index")
-
-
-_DATASETS = ("vectors", "ids", "items", "item_offsets", "segment_norms", "tags", "tag_probs")
-_HEADER_ATTRS = ("fingerprint", "fusion", "segments", "retriever", "audio", "sources", "auto_tags", "ann")
+    f.attrs["ann"] = json.dumps(asdict(ann)) if ann is not None else ""
 
 
 def _header_from_attrs(path: Path, f: h5py.File) -> IndexHeader:
     missing = [name for name in _HEADER_ATTRS if name not in f.attrs]
     if missing:
         raise AmrError(f"{path}: index attribute(s) {', '.join(missing)} missing; rebuild the index")
-    return IndexHeader(
-        fingerprint=str(f.attrs["fingerprint"]),
-        fusion=str(f.attrs["fusion"]),
-        segments=[(str(name), int(dim)) for name, dim in json.loads(f.attrs["segments"])],
-        retriever=json.loads(f.attrs["retriever"]),
-        audio=CacheInfo(**json.loads(f.attrs["audio"])),
-        sources=json.loads(f.attrs["sources"]),
-        auto_tags=int(f.attrs["auto_tags"]),
-    )
+    try:
+        return IndexHeader(
+            fingerprint=str(f.attrs["fingerprint"]),
+            kind=str(f.attrs["kind"]),
+            fusion=Fusion(str(f.attrs["fusion"])),
+            parts=[(str(name), int(dim)) for name, dim in json.loads(f.attrs["parts"])],
+            retriever=json.loads(f.attrs["retriever"]),
+            configuration=str(f.attrs["configuration"]),
+            audio=CacheInfo(**json.loads(f.attrs["audio"])),
+            sources=json.loads(f.attrs["sources"]),
+            auto_tags=int(f.attrs["auto_tags"]),
+        )
+    except (ValueError, TypeError) as e:
+        raise AmrError(f"{path}: damaged index attributes ({e}); rebuild the index") from None
 
 
-def _memmap(path: Path, dataset: h5py.Dataset) -> np.ndarray:
-    """A read-only memory map of a contiguous, uncompressed dataset."""
-    offset = dataset.id.get_offset()
-    if offset is None or dataset.chunks is not None:
-        raise AmrError(f"{path}: dataset {dataset.name} is not stored contiguously; rebuild the index")
+def _ann_info(path: Path, ann: str) -> AnnInfo | None:
+    if not ann:
+        return None
+    try:
+        return AnnInfo(**json.loads(ann))
+    except (ValueError, TypeError) as e:
+        raise AmrError(f"{path}: damaged 'ann' attribute ({e}); run `amr index --ann` again") from None
+
+
+def _store_state(path: Path, store: str) -> StoreState:
+    try:
+        state = StoreState(**json.loads(store))
+        np.dtype(state.vector_dtype)
+    except (ValueError, TypeError) as e:
+        raise AmrError(f"{path}: damaged 'store' attribute ({e}); rebuild the index") from None
+    if state.vector_dtype not in ("float32", "float16"):
+        raise AmrError(f"{path}: vectors of type {state.vector_dtype}; this amr reads float32 and float16")
+    return state
+
+
+def _map(file: Path, dtype: np.dtype, shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+    """A read-only memory map of ``shape`` entries at ``offset`` of a column file, which must be that long."""
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        available = file.stat().st_size - offset
+    except FileNotFoundError:
+        raise AmrError(f"{file}: missing; the index is incomplete, rebuild it") from None
+    if available < size:
+        raise AmrError(f"{file}: {max(available, 0)} bytes where the index needs {size}; the index is damaged, rebuild it")
+    if size == 0:
+        return np.zeros(shape, dtype)
     # A plain ndarray view (the map stays alive as its base): indexing skips np.memmap's per-call overhead.
-    return np.memmap(path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape).view(np.ndarray)
-
-
-def _read_sidecar(path: Path, info: AnnInfo, n: int) -> faiss.IndexIVF:
-    sidecar = sidecar_path(path, info)
-    if not sidecar.exists():
-        raise AmrError(f"{sidecar}: the approximate index of {path} is missing; run `amr index --ann` again")
-    # Loaded, not memory-mapped: FAISS searches mapped lists some 30 times slower (measured, faiss 1.15).
-    ivf = faiss.read_index(str(sidecar))
-    if ivf.ntotal != n:
-        raise AmrError(f"{sidecar}: holds {ivf.ntotal} vectors, the index {n}; run `amr index --ann` again")
-    ivf.nprobe = info.nprobe
-    return ivf
-
-
-def _sidecars(path: Path) -> list[Path]:
-    """The sidecar files of the index at ``path`` (of any build)."""
-    pattern = re.compile(re.escape(path.stem) + r"\.[0-9a-f]{8}\.faiss")
-    return sorted(p for p in path.parent.glob(f"{path.stem}.*.faiss") if pattern.fullmatch(p.name))
-
-
-def _describe(spec: dict[str, Any]) -> str:
-    if spec.get("kind") == "checkpoint":
-        return f"checkpoint {spec.get('path')}"
-    return " ".join(f"{k}={v}" for k, v in spec.items())
-
-
-def _status(show: bool, message: str):
-    """A spinner with a message on stderr while a long step runs."""
-    return console.status(message) if show else nullcontext()
+    return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape).view(np.ndarray)

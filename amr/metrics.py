@@ -18,8 +18,8 @@ algorithm or on how many items are asked for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -83,9 +83,7 @@ def _top_k(neg: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(idx, order, axis=1)
 
 
-def query_metrics(
-    ranking: Sequence[int] | np.ndarray, relevant: Sequence[int] | set[int], ks: Sequence[int] = DEFAULT_KS
-) -> QueryResult:
+def query_metrics(ranking: Sequence[int] | np.ndarray, relevant: Sequence[int] | set[int], ks: Sequence[int] = DEFAULT_KS) -> QueryResult:
     """Metrics of one query from its ranking (item indices, best first).
 
     The ranking may be cut short (e.g. a search's top k): a relevant item not in
@@ -98,16 +96,11 @@ def query_metrics(
     ranks = np.flatnonzero(np.isin(ranking, list(relevant))) + 1
     needed = max(max(ks), AP_DEPTH)
     if len(ranks) < len(relevant) and len(ranking) < needed:
-        raise ValueError(
-            f"a ranking of {len(ranking)} items misses relevant items; "
-            f"give at least {needed} items or the whole collection"
-        )
+        raise ValueError(f"a ranking of {len(ranking)} items misses relevant items; give at least {needed} items or the whole collection")
     return _from_ranks(ranks, len(relevant), ks)
 
 
-def retrieval_metrics(
-    scores: np.ndarray, relevant: Sequence[Sequence[int]], ks: Sequence[int] = DEFAULT_KS
-) -> Metrics:
+def retrieval_metrics(scores: np.ndarray, relevant: Sequence[Sequence[int]], ks: Sequence[int] = DEFAULT_KS) -> Metrics:
     """Mean R@K and mAP@10 of scores (Q queries, N items) against the relevant
     item indices of each query. K may exceed N. A query without relevant items
     is a ValueError naming its position (the caller reports it by name)."""

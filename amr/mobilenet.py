@@ -13,6 +13,7 @@ frequency: one embedding per output frame (32 mel frames, 0.32 s, each).
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,6 +62,8 @@ FIRST_STRIDE = 2
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 DROPOUT = 0.2
+# Mel frames per output frame: the product of the stride-2 layers' strides.
+TIME_STRIDE = FIRST_STRIDE * math.prod(spec.stride for spec in BLOCKS)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class ModelDims:
 
     width: float
     num_classes: int = NUM_CLASSES
+
+
+def embed_dim_for(width: float) -> int:
+    """Channels of a frame embedding at ``width``: the last conv's, 6 x the last block's (384 for mn04)."""
+    return LAST_CONV_EXPANSION * make_divisible(BLOCKS[-1].out * width)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -147,7 +155,7 @@ class MobileNetV3(nn.Module):
         for spec in BLOCKS:
             layers.append(InvertedResidual(channels, spec, width))
             channels = make_divisible(spec.out * width)
-        self._embed_dim = LAST_CONV_EXPANSION * channels
+        self._embed_dim = embed_dim_for(width)
         layers.append(_conv_bn(channels, self._embed_dim, 1, activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         hidden = make_divisible(HEAD_CHANNELS * width)

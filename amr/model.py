@@ -1,39 +1,18 @@
 """The retrieval model of Primus & Widmer (2024), section III.
 
 Read top to bottom: the options (ModelConfig), the audio tower that pools a
-cached frame-embedding sequence into one token, the gated embedding unit, the
-model that maps items and queries to vectors, and the loss.
-
-Every fusion mode reduces an item to ONE vector and a query to ONE vector whose
-inner product is the retrieval score, so the index ranks by a single inner
-product. The vectors are concatenations of named segments (D = ``width``):
-
-=========  ============================  ===============================  ========================
-fusion     item                          query                            score
-=========  ============================  ===============================  ========================
-none       [â]                           [q̂]                              cos(q, a)
-metadata   [m̂]                           [q̂]                              cos(q, m)
-late       [a; m] / |a + m|              [q̂; q̂]                           cos(q, a + m)
-mid        [â'; m̂'] / √2                 [w_a q_a; w_m q_m] · √2          w_a cos(q_a, a') + w_m cos(q_m, m')
-=========  ============================  ===============================  ========================
-
-(x̂ = x/|x|.) ``a`` is the audio tower's global token projected to D, ``m``
-the metadata text embedding projected to D. In ``mid`` the metadata embedding
-joins the audio sequence as a token; ``a'`` and ``m'`` are the transformed
-global and metadata tokens, ``q_a`` and ``q_m`` two gated embedding units of
-the query (unit length) and ``(w_a, w_m)`` a softmax over a linear map of it.
-
-An item without metadata uses a learned "no metadata" embedding in place of
-the metadata text embedding, so every item gets a valid vector.
+cached frame-embedding sequence into tokens, the model that embeds texts and
+hands audio and metadata to its fusion head (amr.heads: how the fusion modes
+reduce items and queries to vectors, and where training starts), and the loss.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -41,10 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amr.errors import AmrError
+from amr.fusion import Fusion, Init
+from amr.heads import HEADS, AudioBatch, MetadataBatch
 from amr.items import METADATA_FIELDS, Item, metadata_text
-from amr.text import DEFAULT_TEXT_MODEL, TextEncoder
+from amr.mobilenet import NUM_CLASSES
+from amr.text import DEFAULT_TEXT_MODEL, POOLINGS, TextEncoder
 
-FUSIONS = ("none", "metadata", "late", "mid")
 CAPTIONS = "captions"  # the metadata "field" of Clotho's full-sentence setting
 MAX_FRAMES = 1024  # longer sequences are subsampled evenly (about 5.5 min of mn04 frames)
 FROZEN_TEXT_BATCH = 256  # texts per batch when a frozen encoder fills its memo
@@ -58,18 +39,22 @@ class ModelConfig:
     Defaults and why: a stack of 2 pre-norm layers of width 128 with 4 heads,
     feed-forward 512 (4 x width) and residual dropout 0.1. One `amr train
     --freeze-text` epoch on Clotho (19,195 pairs of 47-94 frames) must fit in
-    a minute on two CPU cores, and the audio tower is nearly all of that time
-    (bench/train.py: 43 s per epoch with late fusion, 96 % of it in the forward
-    and backward pass). Width 256 costs about twice as much per step (about 80 s
-    per epoch); on sfx-dev's val split width 128 x 2 layers matched 256 x 2 and
-    256 x 1 within seed noise. The retrieval space has the model width.
-    ``metadata`` lists item fields (amr.items.METADATA_FIELDS) or is
-    ("captions",) for Clotho's full-sentence setting.
+    a minute on two CPU cores, and the audio tower is nearly all of that time.
+    Width 256 costs about twice as much per step; on sfx-dev's val split width
+    128 x 2 layers matched 256 x 2 and 256 x 1 within seed noise.
+    ``init`` zero-shot (see amr.heads) makes the retrieval space the text
+    encoder's; random makes it ``width`` wide. ``text_pooling`` is the text
+    model's own ("" until training fills it in). ``metadata`` lists item fields
+    (amr.items.METADATA_FIELDS) or is ("captions",) for Clotho's
+    full-sentence setting. ``audio_weight`` and ``metadata_weight`` are the
+    zero-shot weights a zero-shot start begins with.
     """
 
-    fusion: str = "late"
+    fusion: Fusion = Fusion.late
+    init: Init = Init.zero_shot
     metadata: tuple[str, ...] = METADATA_FIELDS
     text_model: str = DEFAULT_TEXT_MODEL
+    text_pooling: str = ""
     freeze_text: bool = False
     separate_text_encoders: bool = False
     width: int = 128
@@ -77,29 +62,60 @@ class ModelConfig:
     heads: int = 4
     ff: int = 512
     dropout: float = 0.1
+    audio_weight: float = 1.0
+    metadata_weight: float = 1.0
     audio_dim: int = 0  # the cache's embedding size; 0 until training fills it in
+    num_classes: int = NUM_CLASSES
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        try:
+            object.__setattr__(self, "fusion", Fusion(self.fusion))
+        except ValueError:
+            raise AmrError(f"unknown fusion {self.fusion!r}; expected one of {', '.join(f.value for f in Fusion)}") from None
+        try:
+            object.__setattr__(self, "init", Init(self.init))
+        except ValueError:
+            raise AmrError(f"unknown init {self.init!r}; expected one of {', '.join(i.value for i in Init)}") from None
         object.__setattr__(self, "metadata", tuple(self.metadata))
-        if self.fusion not in FUSIONS:
-            raise AmrError(f"unknown fusion {self.fusion!r}; expected one of {', '.join(FUSIONS)}")
         known = (*METADATA_FIELDS, CAPTIONS)
         if not self.metadata or any(f not in known for f in self.metadata):
-            raise AmrError(f"metadata fields {','.join(self.metadata)!r}: expected some of {', '.join(known)}")
+            raise AmrError(f"metadata fields {','.join(map(str, self.metadata))!r}: expected some of {', '.join(known)}")
         if CAPTIONS in self.metadata and len(self.metadata) > 1:
             raise AmrError("metadata 'captions' (Clotho's full-sentence setting) cannot be combined with other fields")
+        if self.text_pooling not in ("", *POOLINGS):
+            raise AmrError(f"unknown text pooling {self.text_pooling!r}; expected one of {', '.join(POOLINGS)}")
+        for name in ("width", "depth", "heads", "ff"):
+            if getattr(self, name) < 1:
+                raise AmrError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.width % 2:
+            raise AmrError(f"width {self.width} must be even (sinusoidal positions come in sine/cosine pairs)")
         if self.width % self.heads:
             raise AmrError(f"width {self.width} is not a multiple of heads {self.heads}")
+        if not 0 <= self.dropout < 1:
+            raise AmrError(f"dropout {self.dropout} is not in [0, 1)")
+        if min(self.audio_weight, self.metadata_weight) < 0 or self.audio_weight + self.metadata_weight == 0:
+            raise AmrError("zero-shot weights must be non-negative and not both zero")
         if self.freeze_text and self.separate_text_encoders:
             raise AmrError("separate text encoders only differ when fine-tuned: drop --freeze-text or --separate-text-encoders")
 
     @property
     def uses_audio(self) -> bool:
-        return self.fusion != "metadata"
+        return self.fusion.uses_audio
 
     @property
     def uses_metadata(self) -> bool:
-        return self.fusion != "none"
+        return self.fusion.uses_metadata
+
+
+def _check_type(name: str, value: object, annotation: str) -> None:
+    """Refuse a value of the wrong JSON type (a config.json edited by hand: ``"depth": "two"``)."""
+    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(annotation)
+    if expected is None:
+        return
+    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+        raise AmrError(f"model option {name} must be {annotation}, got {value!r}")
 
 
 def item_metadata(item: Item, fields: Sequence[str], caption: int = 0) -> str | None:
@@ -110,11 +126,11 @@ def item_metadata(item: Item, fields: Sequence[str], caption: int = 0) -> str | 
     return metadata_text(item, fields)
 
 
-def sinusoids(length: int, width: int) -> Tensor:
+def sinusoids(length: int, width: int, device: torch.device | None = None) -> Tensor:
     """The fixed sinusoidal positional encoding of Vaswani et al. (2017), (length, width)."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-    table = torch.zeros(length, width)
+    position = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width, device=device)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency)
     return table
@@ -158,60 +174,48 @@ class EncoderLayer(nn.Module):
 
 
 class AudioTower(nn.Module):
-    """Frames → transformed global token (and extra tokens, e.g. metadata).
+    """Frames → the transformed global token (and extra tokens, e.g. metadata).
 
     The frames are projected to the model width and get a fixed sinusoidal
     positional encoding; a global token, initialised to the mean of the
-    projected (unpadded) frames plus a learnable bias, is prepended; a stack of
-    transformer encoder layers runs with a padding mask, so padded frames
-    never influence the result; a final layer norm. Extra tokens (already at
-    model width, no positional encoding) sit right after the global token.
+    projected (unpadded) frames plus a learnable bias, is prepended, then the
+    extra tokens (already at model width); the special tokens get learned
+    type embeddings (global, then one per extra token) instead of positions.
+    A stack of transformer encoder layers runs with a padding mask, so padded
+    frames never influence the result; a final layer norm.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, extra_tokens: int = 0):
         super().__init__()
         self.project = nn.Linear(config.audio_dim, config.width)
         self.global_bias = nn.Parameter(torch.zeros(config.width))
-        self.layers = nn.ModuleList(
-            EncoderLayer(config.width, config.heads, config.ff, config.dropout) for _ in range(config.depth)
-        )
+        self.types = nn.Parameter(torch.randn(1 + extra_tokens, config.width) * 0.02)
+        self.layers = nn.ModuleList(EncoderLayer(config.width, config.heads, config.ff, config.dropout) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width)
 
     def global_token(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(projected frames (B,T,W), valid mask (B,T), initial global token (B,W))."""
         x = self.project(frames)
-        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         mean = (x * valid[..., None]).sum(1) / lengths[:, None].clamp(min=1)
         return x, valid, mean + self.global_bias
 
     def forward(self, frames: Tensor, lengths: Tensor, extra: Tensor | None = None) -> Tensor:
-        """(B, 1 + n_extra, W): the transformed global token, then the extra tokens."""
+        """(B, 1 + n_extra, W): the transformed global token, then the extra tokens (B, n_extra, W)."""
         x, valid, token = self.global_token(frames, lengths)
-        x = x + sinusoids(x.shape[1], x.shape[2])
-        special = token[:, None] if extra is None else torch.cat([token[:, None], extra.reshape(len(x), -1, x.shape[2])], 1)
+        x = x + sinusoids(x.shape[1], x.shape[2], x.device)
+        special = token[:, None] if extra is None else torch.cat([token[:, None], extra], 1)
         n = special.shape[1]
-        attend = torch.cat([torch.ones(len(x), n, dtype=torch.bool), valid], 1)[:, None, None, :]
+        special = special + self.types[:n]
+        attend = torch.cat([torch.ones(len(x), n, dtype=torch.bool, device=x.device), valid], 1)[:, None, None, :]
         x = torch.cat([special, x], 1)
         for layer in self.layers:
             x = layer(x, attend)
         return self.norm(x[:, :n])
 
 
-class GatedEmbeddingUnit(nn.Module):
-    """Miech et al. (2018): Y = W1 x + b1; Y ∘ σ(W2 Y + b2), L2-normalised."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-        self.gate = nn.Linear(dim_out, dim_out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.linear(x)
-        return F.normalize(y * torch.sigmoid(self.gate(y)), dim=-1)
-
-
 class RetrievalModel(nn.Module):
-    """Text encoder(s), audio tower and fusion heads; see the module docstring.
+    """Text encoder(s), audio tower and fusion head (amr.heads).
 
     A frozen text encoder stays in eval mode and out of the optimizer; training
     embeds each text with it once (``remember``) and reuses the result.
@@ -219,43 +223,41 @@ class RetrievalModel(nn.Module):
 
     def __init__(self, config: ModelConfig, text: TextEncoder):
         super().__init__()
+        if not config.text_pooling:
+            config = replace(config, text_pooling=text.native_pooling)
         self.config = config
         self.text = text
         # Registered only when separate, so that a shared encoder's weights
         # appear once in the state dict.
         self.separate_text = copy.deepcopy(text) if config.separate_text_encoders else None
         self._memo: dict[str, Tensor] = {}
-        t, w = text.dim, config.width
         if config.uses_audio:
-            self.audio = AudioTower(config)
-            self.audio_head = nn.Linear(w, w)
-        if config.uses_metadata:
-            self.no_metadata = nn.Parameter(torch.randn(t) * 0.02)
-        if config.fusion == "mid":
-            self.metadata_token = nn.Linear(t, w)
-            self.metadata_head = nn.Linear(w, w)
-            self.query_audio = GatedEmbeddingUnit(t, w)
-            self.query_metadata = GatedEmbeddingUnit(t, w)
-            self.query_weights = nn.Linear(t, 2)
-        else:
-            if config.uses_metadata:
-                self.metadata_head = nn.Linear(t, w)
-            self.query_head = nn.Linear(t, w)
+            self.audio = AudioTower(config, extra_tokens=1 if config.fusion is Fusion.mid else 0)
+        self.head = HEADS[config.fusion](config.width, text.dim, config.num_classes, config.init is Init.zero_shot)
+
+    @property
+    def parts(self) -> list[tuple[str, int]]:
+        return self.head.parts
+
+    @property
+    def dim(self) -> int:
+        return sum(d for _, d in self.parts)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.log_weights.device
 
     @property
     def metadata_text(self) -> TextEncoder:
         return self.separate_text if self.separate_text is not None else self.text
 
-    @property
-    def segments(self) -> list[tuple[str, int]]:
-        w = self.config.width
-        return [("metadata", w)] if self.config.fusion == "metadata" else (
-            [("audio", w)] if self.config.fusion == "none" else [("audio", w), ("metadata", w)]
-        )
-
-    @property
-    def dim(self) -> int:
-        return sum(d for _, d in self.segments)
+    def start_from_zero_shot(self, class_embeddings: np.ndarray) -> None:
+        """Set the zero-shot starting point (see amr.heads): the class-name
+        embeddings of the label–text bridge, and the zero-shot weights."""
+        if self.config.init is not Init.zero_shot:
+            raise ValueError("only a model configured with init zero-shot starts from zero-shot")
+        embeddings = torch.from_numpy(class_embeddings).to(self.device)
+        self.head.start_from_zero_shot(embeddings, self.config.audio_weight, self.config.metadata_weight)
 
     def text_parameters(self) -> list[nn.Parameter]:
         """The pretrained text encoder(s)' parameters (their own learning rate)."""
@@ -263,9 +265,9 @@ class RetrievalModel(nn.Module):
         return [*self.text.parameters(), *separate]
 
     def new_parameters(self) -> list[nn.Parameter]:
-        """Every parameter outside the pretrained text encoder(s)."""
+        """Every trainable parameter outside the pretrained text encoder(s)."""
         pretrained = {id(p) for p in self.text_parameters()}
-        return [p for p in self.parameters() if id(p) not in pretrained]
+        return [p for p in self.parameters() if id(p) not in pretrained and p.requires_grad]
 
     def train(self, mode: bool = True) -> RetrievalModel:
         super().train(mode)
@@ -281,105 +283,91 @@ class RetrievalModel(nn.Module):
             raise ValueError("only a frozen text encoder's outputs can be kept")
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
         if missing:
-            emb = self.text.encode(missing, batch_size=FROZEN_TEXT_BATCH, progress=progress)
+            emb = self.text.encode(missing, pooling=self.config.text_pooling, batch_size=FROZEN_TEXT_BATCH, progress=progress)
             self._memo.update(zip(missing, torch.from_numpy(emb)))
 
-    def embed_texts(self, queries: Sequence[str], metadata: Sequence[str | None] = ()) -> tuple[Tensor, Tensor]:
-        """Text-encoder [CLS] embeddings of queries (Q, t) and of metadata texts
-        (M, t), where a None metadata text gets the "no metadata" embedding.
-        With a shared encoder both go through one forward pass."""
+    def embed_texts(self, queries: Sequence[str], metadata: Sequence[str | None] = ()) -> tuple[Tensor, MetadataBatch]:
+        """Text embeddings (the model's pooling) of queries (Q, t) and of
+        metadata texts (M, t), where a None text marks an item without
+        metadata (a zero row, ``present`` False). With a shared encoder both
+        go through one forward pass."""
         texts = [m for m in metadata if m is not None]
         if self.separate_text is None:
-            both = self._cls(self.text, [*queries, *texts])
+            both = self._pooled(self.text, [*queries, *texts])
             q, m = both[: len(queries)], both[len(queries) :]
         else:
-            q, m = self._cls(self.text, list(queries)), self._cls(self.separate_text, texts)
-        if not metadata:
-            return q, m
-        present = torch.tensor([x is not None for x in metadata])
-        out = self.no_metadata.expand(len(metadata), -1)
+            q, m = self._pooled(self.text, list(queries)), self._pooled(self.separate_text, texts)
+        present = torch.tensor([x is not None for x in metadata], dtype=torch.bool, device=self.device)
+        rows = torch.zeros(len(metadata), q.shape[1], device=self.device)
         if len(m):
-            out = out.index_put((present.nonzero()[:, 0],), m)
-        return q, out
+            rows = rows.index_put((present.nonzero()[:, 0],), m)
+        return q, MetadataBatch(rows, present)
 
-    def _cls(self, encoder: TextEncoder, texts: list[str]) -> Tensor:
-        """[CLS] outputs: with gradients while fine-tuning, else without (batched
+    def _pooled(self, encoder: TextEncoder, texts: list[str]) -> Tensor:
+        """Pooled outputs: with gradients while fine-tuning, else without (batched
         by length), from the memo where a frozen encoder already embedded the text."""
+        pooling = self.config.text_pooling
         if not texts:
-            return torch.zeros(0, encoder.dim)
+            return torch.zeros(0, encoder.dim, device=self.device)
         if self.training and torch.is_grad_enabled() and not self.config.freeze_text:
-            return encoder(encoder.tokenize(texts))
+            return encoder(encoder.tokenize(texts), pooling)
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
-        computed = dict(zip(missing, torch.from_numpy(encoder.encode(missing)))) if missing else {}
-        return torch.stack([self._memo[t] if t in self._memo else computed[t] for t in texts])
+        computed = dict(zip(missing, torch.from_numpy(encoder.encode(missing, pooling=pooling)))) if missing else {}
+        return torch.stack([self._memo[t] if t in self._memo else computed[t] for t in texts]).to(self.device)
 
     # --- vectors ------------------------------------------------------------
 
-    def item_vectors(self, frames: Tensor | None, lengths: Tensor | None, metadata: Tensor | None) -> Tensor:
-        """(B, dim) item vectors from padded frames (B,T,C) with lengths and
-        metadata embeddings (B, t); each argument only where the fusion uses it."""
-        fusion = self.config.fusion
-        if fusion == "none":
-            return F.normalize(self.audio_head(self.audio(frames, lengths)[:, 0]), dim=-1)
-        if fusion == "metadata":
-            return F.normalize(self.metadata_head(metadata), dim=-1)
-        if fusion == "late":
-            a = self.audio_head(self.audio(frames, lengths)[:, 0])
-            m = self.metadata_head(metadata)
-            return torch.cat([a, m], 1) / (a + m).norm(dim=1, keepdim=True).clamp(min=1e-8)
-        tokens = self.audio(frames, lengths, self.metadata_token(metadata))
-        a = F.normalize(self.audio_head(tokens[:, 0]), dim=-1)
-        m = F.normalize(self.metadata_head(tokens[:, 1]), dim=-1)
-        return torch.cat([a, m], 1) / math.sqrt(2)
+    def item_vectors(self, audio: AudioBatch | None, metadata: MetadataBatch | None) -> Tensor:
+        """(B, dim) item vectors; each argument only where the fusion uses it."""
+        return self.head.items(audio, metadata, getattr(self, "audio", None))
 
     def query_vectors(self, queries: Tensor) -> Tensor:
         """(Q, dim) query vectors from query text embeddings (Q, t)."""
-        fusion = self.config.fusion
-        if fusion == "mid":
-            w = torch.softmax(self.query_weights(queries), dim=-1)
-            q = torch.cat([w[:, :1] * self.query_audio(queries), w[:, 1:] * self.query_metadata(queries)], 1)
-            return q * math.sqrt(2)
-        q = F.normalize(self.query_head(queries), dim=-1)
-        return torch.cat([q, q], 1) if fusion == "late" else q
+        return self.head.queries(queries)
 
-    def example_vectors(self, frames: Tensor, lengths: Tensor) -> Tensor:
-        """(B, dim): the unit audio-tower vector of each clip in the audio
-        segment, zeros elsewhere (query by example). In ``mid`` the clip is
-        pooled with the "no metadata" token."""
-        fusion = self.config.fusion
-        if fusion == "metadata":
+    def example_vectors(self, audio: AudioBatch) -> Tensor:
+        """(B, dim): the unit audio vector of each clip in the audio part,
+        zeros elsewhere (query by example)."""
+        if not self.config.uses_audio:
             raise ValueError("a metadata-only model has no audio tower")
-        extra = self.metadata_token(self.no_metadata.expand(len(frames), -1)) if fusion == "mid" else None
-        a = F.normalize(self.audio_head(self.audio(frames, lengths, extra)[:, 0]), dim=-1)
-        return a if fusion == "none" else torch.cat([a, torch.zeros_like(a)], 1)
+        return self.head.examples(audio, self.audio)
 
     # --- inference (numpy in, numpy out; eval mode, no gradients) -------------
 
-    def encode_items(self, sequences: Sequence[np.ndarray] | None, metadata: Sequence[str | None] | None) -> np.ndarray:
-        """(n, dim) float32 item vectors from frame sequences (T_i, C) and
-        metadata texts (None: the item has none); each only where the fusion uses it."""
+    def encode_items(
+        self, sequences: Sequence[np.ndarray] | None, tags: np.ndarray | None, metadata: Sequence[str | None] | None
+    ) -> np.ndarray:
+        """(n, dim) float32 item vectors from frame sequences (T_i, C), tag
+        probabilities (n, classes) and metadata texts (None: the item has
+        none); each only where the fusion uses it."""
         with _evaluating(self):
             meta = self.embed_texts([], metadata)[1] if self.config.uses_metadata else None
             if not self.config.uses_audio:
-                return self.item_vectors(None, None, meta).numpy()
+                return self.item_vectors(None, meta).cpu().numpy()
             out = np.empty((len(sequences), self.dim), dtype=np.float32)
             for rows in _length_batches(sequences):
-                frames, lengths = pad_sequences([sequences[r] for r in rows])
-                out[rows] = self.item_vectors(frames, lengths, None if meta is None else meta[rows]).numpy()
+                audio = self._audio_batch([sequences[r] for r in rows], tags[rows])
+                part = None if meta is None else MetadataBatch(meta.embeddings[rows], meta.present[rows])
+                out[rows] = self.item_vectors(audio, part).cpu().numpy()
         return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """(q, dim) float32 query vectors."""
         with _evaluating(self):
-            return self.query_vectors(self.embed_texts(list(texts))[0]).numpy()
+            return self.query_vectors(self.embed_texts(list(texts))[0]).cpu().numpy()
 
-    def encode_examples(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+    def encode_examples(self, sequences: Sequence[np.ndarray], tags: np.ndarray) -> np.ndarray:
         """(q, dim) float32 query-by-example vectors (see example_vectors)."""
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
         with _evaluating(self):
             for rows in _length_batches(sequences):
-                out[rows] = self.example_vectors(*pad_sequences([sequences[r] for r in rows])).numpy()
+                out[rows] = self.example_vectors(self._audio_batch([sequences[r] for r in rows], tags[rows])).cpu().numpy()
         return out
+
+    def _audio_batch(self, sequences: Sequence[np.ndarray], tags: np.ndarray) -> AudioBatch:
+        frames, lengths = pad_sequences(sequences)
+        device = self.device
+        return AudioBatch(frames.to(device), lengths.to(device), torch.as_tensor(np.asarray(tags, np.float32), device=device))
 
 
 @contextmanager
@@ -414,9 +402,8 @@ def nt_xent(scores: Tensor, clips: Tensor, temperature: float) -> Tensor:
     of each pair: an item of the same clip as the positive (another caption of
     it) is masked out instead of counted as a negative, in both directions.
     """
+    eye = torch.eye(len(clips), dtype=torch.bool, device=scores.device)
     same = clips[:, None] == clips[None, :]
-    logits = (scores / temperature).masked_fill(same & ~torch.eye(len(clips), dtype=torch.bool), float("-inf"))
-    target = torch.arange(len(clips))
+    logits = (scores / temperature).masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(clips), device=scores.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-

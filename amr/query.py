@@ -9,27 +9,32 @@ query that could not be run. Writing them (jsonl, tsv, table) is separate.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from itertools import count, islice
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from amr.checkpoint import checkpoint_spec
+from amr.encoder import ClipEmbedder
 from amr.errors import AmrError
-from amr.index import Index, Retriever, checkpoint_spec, explain, load_retriever, machine_tags, open_index, search
+from amr.index import Index, explain, machine_tags, open_index, search
+from amr.retrievers import Retriever, load_retriever
 from amr.text import normalize_text
 
 QUERY_BATCH = 64
 # A clip asks for items that sound alike: ranked by the cosine of audio-tower
 # vectors, whatever the items' metadata adds to their fused vectors.
-EXAMPLE_SEGMENT = "audio"
+EXAMPLE_PART = "audio"
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     jsonl = "jsonl"
     tsv = "tsv"
     table = "table"
@@ -55,7 +60,9 @@ class Result:
     id: str
     audio: str
     metadata: dict[str, Any]
-    explain: dict[str, float] | None = None  # segment name → its share of the score
+    start: float  # the matching segment of the clip, in seconds (the whole clip: 0 to its length)
+    end: float
+    explain: dict[str, float] | None = None  # part name → its share of the score
     tags: list[tuple[str, float]] | None = None  # the clip's machine tags, with --explain
 
     def record(self) -> dict[str, Any]:
@@ -94,12 +101,14 @@ class Searcher:
         return self.clip_embedder
 
 
-def open_searcher(index_path: Path, checkpoint: Path | None = None, audio_weights: Path | None = None) -> Searcher:
+def open_searcher(
+    index_path: Path, checkpoint: Path | None = None, audio_weights: Path | None = None, device: torch.device | str = "cpu"
+) -> Searcher:
     """The index and the retriever it records, or the checkpoint given (which
-    must be the one the index was built with)."""
+    must be the one the index was built with), its models on ``device``."""
     index = open_index(index_path)
     spec = checkpoint_spec(checkpoint) if checkpoint is not None else index.header.retriever
-    return Searcher(index, load_retriever(spec), audio_weights)
+    return Searcher(index, load_retriever(spec, device), audio_weights)
 
 
 def run_queries(
@@ -109,22 +118,24 @@ def run_queries(
     *,
     explain_scores: bool = False,
     exact: bool = False,
+    all_segments: bool = False,
     batch_size: int = QUERY_BATCH,
 ) -> Iterator[Result | Failure]:
     """The ``top`` results of each query, best first, queries in input order.
 
     Text queries rank by the retriever's score; a clip (query by example)
     ranks by the cosine between its and each item's audio-tower vector.
-    Queries are encoded and searched ``batch_size`` at a time. A Failure in
-    the input (an unreadable line) passes through; a query that cannot be run
-    (no words, an undecodable clip) becomes one."""
+    A long recording indexed as segments appears once, by its best segment,
+    unless ``all_segments``. Queries are encoded and searched ``batch_size`` at
+    a time. A Failure in the input (an unreadable line) passes through; a
+    query that cannot be run (no words, an undecodable clip) becomes one."""
     stream = iter(queries)
     while batch := list(islice(stream, batch_size)):
-        yield from _run_batch(searcher, batch, top, explain_scores, exact)
+        yield from _run_batch(searcher, batch, top, explain_scores, exact, all_segments)
 
 
 def _run_batch(
-    searcher: Searcher, batch: list[QueryInput | Failure], top: int, explain_scores: bool, exact: bool
+    searcher: Searcher, batch: list[QueryInput | Failure], top: int, explain_scores: bool, exact: bool, all_segments: bool
 ) -> Iterator[Result | Failure]:
     failures: dict[int, Failure] = {}
     sequences: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # query → (frames, tag probabilities)
@@ -148,18 +159,19 @@ def _run_batch(
         clips = list(sequences.values())
         vectors[list(sequences)] = searcher.retriever.encode_examples([c[0] for c in clips], np.stack([c[1] for c in clips]))
     ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for members, segment in ((texts, None), (list(sequences), EXAMPLE_SEGMENT)):
+    for members, part in ((texts, None), (list(sequences), EXAMPLE_PART)):
         if members:
-            rows, scores = search(index, vectors[members], top, exact, segment)
+            rows, scores = search(index, vectors[members], top, exact, part, per_item=not all_segments)
             ranked.update(zip(members, zip(rows, scores)))
     for i, q in enumerate(batch):
         if i in failures:
             yield failures[i]
             continue
-        segment = EXAMPLE_SEGMENT if i in sequences else None
+        part = EXAMPLE_PART if i in sequences else None
         found = [(int(r), float(s)) for r, s in zip(*ranked[i]) if r >= 0]
         for rank, (row, score) in enumerate(found, start=1):
-            item = index.item(row)
+            item = index.item_of_row(row)
+            start, end = (round(float(t), 3) for t in index.spans[row])
             yield Result(
                 query=q.text,
                 query_id=q.id,
@@ -168,7 +180,9 @@ def _run_batch(
                 id=item.id,
                 audio=item.audio,
                 metadata=item.metadata,
-                explain={k: round(v, 6) for k, v in explain(index, vectors[i], row, segment).items()} if explain_scores else None,
+                start=start,
+                end=end,
+                explain={k: round(v, 6) for k, v in explain(index, vectors[i], row, part).items()} if explain_scores else None,
                 tags=machine_tags(index, row) if explain_scores else None,
             )
 
@@ -176,25 +190,32 @@ def _run_batch(
 # --- inputs -------------------------------------------------------------------------------
 
 
-def gather_queries(args: Sequence[str], examples: Sequence[Path], stdin: IO[str]) -> Iterator[QueryInput | Failure]:
+def gather_queries(args: Sequence[str], examples: Sequence[Path], stdin: IO[bytes]) -> Iterator[QueryInput | Failure]:
     """Queries in order: each argument (``-`` stands for stdin's lines), then
     each example clip, numbered from 1. A stdin line is a plain text,
     ``ID<TAB>TEXT``, or a JSON object with "text" and optionally "id" (an
-    amr.items.Query line); blank lines are skipped. Read lazily, so a pipe
-    streams."""
+    amr.items.Query line); blank lines are skipped. Stdin is read as bytes
+    and each line decoded as UTF-8 on its own, so a line that is not (or holds
+    a lone surrogate escape) fails alone and the others are answered. Read
+    lazily, so a pipe streams."""
     number = count(1)
     for arg in args:
         if arg != "-":
-            yield QueryInput(str(next(number)), arg)
+            yield _checked_text(QueryInput(str(next(number)), arg))
             continue
-        for line in stdin:
-            if line.strip():
-                yield _parse_line(line.rstrip("\r\n"), str(next(number)))
+        for raw in stdin:
+            if raw.strip():
+                yield _parse_line(raw.rstrip(b"\r\n"), str(next(number)))
     for path in examples:
         yield QueryInput(str(next(number)), str(path), example=Path(path))
 
 
-def _parse_line(line: str, number: str) -> QueryInput | Failure:
+def _parse_line(raw: bytes, number: str) -> QueryInput | Failure:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        shown = raw.decode("utf-8", errors="replace")
+        return Failure(shown, number, f"line {number} is not UTF-8 ({e.reason} at byte {e.start})")
     if line.lstrip().startswith("{"):
         try:
             obj = json.loads(line)
@@ -202,46 +223,26 @@ def _parse_line(line: str, number: str) -> QueryInput | Failure:
             return Failure(line, number, f"not valid JSON ({e})")
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             return Failure(line, number, 'a JSON query needs a "text" string')
-        return QueryInput(str(obj.get("id", number)), obj["text"])
+        return _checked_text(QueryInput(str(obj.get("id", number)), obj["text"]))
     if "\t" in line:
         query_id, text = line.split("\t", 1)
         return QueryInput(query_id, text)
     return QueryInput(number, line)
 
 
-# --- query by example ---------------------------------------------------------------------
-
-
-class ClipEmbedder:
-    """Audio files → frame-embedding sequences, as `amr extract` computed
-    them for the index's caches (same decoding, front end and audio model)."""
-
-    def __init__(self, model: Any):
-        from amr import audio
-
-        self.model = model
-        self.front_end = audio.MelFrontEnd()
-
-    @classmethod
-    def for_index(cls, index: Index, weights_path: Path | None) -> ClipEmbedder:
-        """The audio model the index records, refused if its weights differ."""
-        from amr.weights import load_audio_model, resolve_weights
-
-        info = index.header.audio
-        weights = resolve_weights(info.audio_model, weights_path)
-        if weights.sha256 != info.weights_sha256:
-            raise AmrError(
-                f"{index.path}: was built from {info.audio_model} embeddings with weights sha256 "
-                f"{info.weights_sha256[:12]}, the weights found have {weights.sha256[:12]}; "
-                "pass the original weights file with --audio-weights"
+def _checked_text(query: QueryInput) -> QueryInput | Failure:
+    """A query whose id and text can be written as UTF-8 (a JSON "\\ud800" escape cannot)."""
+    for value in (query.id, query.text):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = query.text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+            return Failure(
+                shown,
+                query.id.encode("utf-8", errors="backslashreplace").decode("utf-8"),
+                "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), not text",
             )
-        return cls(load_audio_model(weights))
-
-    def embed(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """(T, C) float32 frames and tag probabilities of the clip, as `amr extract` computes them."""
-        from amr.extract import embed_file
-
-        return embed_file(path, self.model, self.front_end)
+    return query
 
 
 # --- output -------------------------------------------------------------------------------
@@ -265,20 +266,21 @@ class JsonlWriter:
 
 class TsvWriter:
     """A header, then one line per result; metadata and tags as JSON; tabs,
-    newlines and backslashes in fields escaped as \\t, \\n, \\\\."""
+    newlines and backslashes in fields escaped as \\t, \\n, \\\\. New
+    columns are added at the end, so scripts reading by position keep working."""
 
-    def __init__(self, out: IO[str], segments: Sequence[str] | None):
-        self.out, self.segments = out, segments
+    def __init__(self, out: IO[str], parts: Sequence[str] | None):
+        self.out, self.parts = out, parts
         columns = ["query_id", "query", "rank", "score", "id", "audio", "metadata"]
-        if segments is not None:
-            columns += [f"explain_{name}" for name in segments] + ["tags"]
-        self._line(columns)
+        if parts is not None:
+            columns += [f"explain_{name}" for name in parts] + ["tags"]
+        self._line(columns + ["start", "end"])
 
     def write(self, r: Result) -> None:
         fields = [r.query_id, r.query, str(r.rank), f"{r.score:.6f}", r.id, r.audio, _json(r.metadata)]
-        if self.segments is not None:
-            fields += [f"{(r.explain or {}).get(name, 0.0):.6f}" for name in self.segments] + [_json(r.tags)]
-        self._line(fields)
+        if self.parts is not None:
+            fields += [f"{(r.explain or {}).get(name, 0.0):.6f}" for name in self.parts] + [_json(r.tags)]
+        self._line(fields + [f"{r.start:.3f}", f"{r.end:.3f}"])
 
     def _line(self, fields: list[str]) -> None:
         self.out.write("\t".join(_escape(f) for f in fields) + "\n")
@@ -307,16 +309,16 @@ class TableWriter:
             return
         first = self.rows[0]
         table = Table(title=f"[{first.query_id}] {first.query}", title_justify="left")
-        for column in ("rank", "score", "id", "audio", "metadata"):
-            table.add_column(column, justify="right" if column in ("rank", "score") else "left", overflow="fold")
-        segments = list(first.explain or {})
-        for name in segments:
+        for column in ("rank", "score", "id", "audio", "time", "metadata"):
+            table.add_column(column, justify="right" if column in ("rank", "score", "time") else "left", overflow="fold")
+        parts = list(first.explain or {})
+        for name in parts:
             table.add_column(name, justify="right")
         if first.tags is not None:
             table.add_column("machine tags")
         for r in self.rows:
-            cells = [str(r.rank), f"{r.score:.3f}", r.id, r.audio, _compact(r.metadata)]
-            cells += [f"{(r.explain or {})[name]:+.3f}" for name in segments]
+            cells = [str(r.rank), f"{r.score:.3f}", r.id, r.audio, f"{_clock(r.start)}–{_clock(r.end)}", _compact(r.metadata)]
+            cells += [f"{(r.explain or {})[name]:+.3f}" for name in parts]
             if r.tags is not None:
                 cells.append(", ".join(f"{name} {p:.2f}" for name, p in r.tags))
             table.add_row(*cells)
@@ -324,12 +326,12 @@ class TableWriter:
         self.rows = []
 
 
-def make_writer(fmt: Format, out: IO[str], segments: Sequence[str] | None) -> JsonlWriter | TsvWriter | TableWriter:
-    """``segments`` (the index's) when explaining, else None."""
+def make_writer(fmt: Format, out: IO[str], parts: Sequence[str] | None) -> JsonlWriter | TsvWriter | TableWriter:
+    """``parts`` (the index's) when explaining, else None."""
     if fmt is Format.jsonl:
         return JsonlWriter(out)
     if fmt is Format.tsv:
-        return TsvWriter(out, segments)
+        return TsvWriter(out, parts)
     # at a terminal its width; elsewhere (a file, a pager) room for long paths rather than 80 columns
     return TableWriter(Console(file=out, highlight=False, width=None if out.isatty() else 200))
 
@@ -340,6 +342,15 @@ def _json(value: Any) -> str:
 
 def _escape(field: str) -> str:
     return field.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _clock(seconds: float) -> str:
+    """m:ss.s (h:mm:ss past an hour)."""
+    minutes, rest = divmod(seconds, 60)
+    if minutes >= 60:
+        hours, minutes = divmod(int(minutes), 60)
+        return f"{hours}:{minutes:02d}:{rest:04.1f}"
+    return f"{int(minutes)}:{rest:04.1f}"
 
 
 def _compact(metadata: dict[str, Any]) -> str:

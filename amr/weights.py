@@ -1,28 +1,41 @@
 """The EfficientAT AudioSet checkpoints amr can embed audio with, and how a name becomes a file.
 
-Each registry entry names its release file, its network dimensions and, where
-known, its sha256. `resolve_weights` finds the file (an explicit path, then
+Each registry entry names its release file, its network dimensions, where
+known its sha256, and the audio settings the checkpoint was trained with
+(sample rate, log-mel front end, window length, model stride): preprocessing
+travels with the weights, as in open_clip or whisper, so no other module
+repeats these numbers. `resolve_weights` finds the file (an explicit path, then
 $AMR_WEIGHTS_DIR, then the user cache, then a download into that cache), checks
-its hash, and reports the hash so that every cache records what it was built with.
+its hash (or warns that it cannot), and reports the hash so that every cache
+records what it was built with.
+
+Hashes: mn04_as is the file in ../shared/weights (and the one other projects pin
+for the same release asset); mn10_as is the digest several independent public
+projects pin for `mn10_as_mAP_471.pt` of release v0.0.1 (19,708,753 bytes). For
+the other entries no published digest was found: their files are hashed and
+recorded, but not verified, and a warning says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import math
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from urllib.request import urlopen
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import DownloadColumn, TransferSpeedColumn
 
+from amr.audio import MelSettings
+from amr.console import progress, warn
 from amr.errors import AmrError
-from amr.mobilenet import BLOCKS, LAST_CONV_EXPANSION, MobileNetV3, ModelDims, make_divisible
+from amr.files import atomic_output, remember_sha256, sha256_file
+from amr.mobilenet import BLOCKS, LAST_CONV_EXPANSION, NUM_CLASSES, TIME_STRIDE, MobileNetV3, ModelDims, embed_dim_for
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 WEIGHTS_DIR_ENV = "AMR_WEIGHTS_DIR"
@@ -31,11 +44,65 @@ _CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
+class AudioSettings:
+    """What a checkpoint expects as input and gives as output, besides its tensors."""
+
+    mel: MelSettings
+    window_seconds: float  # clips are embedded in windows of this length (the training clips' length)
+    model_stride: int  # mel frames per output frame
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_seconds * self.mel.sample_rate)
+
+    @property
+    def window_frames(self) -> int:
+        """Mel frames of a full window (1000 for EfficientAT's 10 s)."""
+        return self.mel.frames(self.window_samples)
+
+    @property
+    def frames_per_window(self) -> int:
+        """Output frames of a full window (32 for EfficientAT's 10 s: 1000 mel frames at stride 32, rounded up)."""
+        return math.ceil(self.window_frames / self.model_stride)
+
+    @property
+    def frame_rate(self) -> float:
+        """Output frames per second (3.125 for EfficientAT)."""
+        return self.mel.sample_rate / self.mel.hop_length / self.model_stride
+
+
+# Every EfficientAT AudioSet release was trained on 10 s clips at 32 kHz through
+# AugmentMelSTFT (eval settings below) and has MobileNetV3's 32x time stride.
+EFFICIENTAT_AUDIO = AudioSettings(
+    mel=MelSettings(
+        sample_rate=32000,
+        n_fft=1024,
+        win_length=800,
+        hop_length=320,
+        n_mels=128,
+        f_min=0.0,
+        f_max=15000.0,
+        preemphasis=0.97,
+        log_offset=1e-5,
+        norm_shift=4.5,  # EfficientAT's "fast normalisation": (log-mel + 4.5) / 5
+        norm_scale=5.0,
+    ),
+    window_seconds=10.0,
+    model_stride=TIME_STRIDE,
+)
+
+
+@dataclass(frozen=True)
 class WeightsEntry:
     name: str
     file: str
     dims: ModelDims
     sha256: str | None = None
+    audio: AudioSettings = EFFICIENTAT_AUDIO
 
     @property
     def url(self) -> str:
@@ -54,7 +121,12 @@ WEIGHTS: dict[str, WeightsEntry] = {
             "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c",
         ),
         WeightsEntry("mn05_as", "mn05_as_mAP_443.pt", ModelDims(0.5)),
-        WeightsEntry("mn10_as", "mn10_as_mAP_471.pt", ModelDims(1.0)),
+        WeightsEntry(
+            "mn10_as",
+            "mn10_as_mAP_471.pt",
+            ModelDims(1.0),
+            "0bd7dc2443af498c289a2e739f02ebb515d6aa3fd3ab9db539c86123ae368a4e",
+        ),
         WeightsEntry("mn20_as", "mn20_as_mAP_478.pt", ModelDims(2.0)),
         WeightsEntry("mn30_as", "mn30_as_mAP_482.pt", ModelDims(3.0)),
         WeightsEntry("mn40_as", "mn40_as_mAP_484.pt", ModelDims(4.0)),
@@ -69,6 +141,15 @@ class ResolvedWeights:
     path: Path
     sha256: str  # of the file actually found
     width: float
+    audio: AudioSettings = EFFICIENTAT_AUDIO
+
+    @property
+    def embed_dim(self) -> int:
+        return embed_dim_for(self.width)
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
 
 
 def available_weights() -> list[str]:
@@ -90,9 +171,9 @@ def resolve_weights(name: str | None = None, file: Path | None = None) -> Resolv
         path = folder / entry.file
         if path.is_file():
             advice = f"delete it, or replace it with {entry.url}"
-            return ResolvedWeights(entry.name, path, _verified(path, entry, advice), entry.dims.width)
+            return ResolvedWeights(entry.name, path, _verified(path, entry, advice), entry.dims.width, entry.audio)
     path = cache_dir() / entry.file
-    return ResolvedWeights(entry.name, path, _download(entry, path), entry.dims.width)
+    return ResolvedWeights(entry.name, path, _download(entry, path), entry.dims.width, entry.audio)
 
 
 def load_audio_model(weights: ResolvedWeights) -> MobileNetV3:
@@ -103,9 +184,7 @@ def load_audio_model(weights: ResolvedWeights) -> MobileNetV3:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise AmrError(
-            f"{weights.path}: not an EfficientAT MobileNetV3 checkpoint of width {weights.width} ({first})"
-        ) from e
+        raise AmrError(f"{weights.path}: not an EfficientAT MobileNetV3 checkpoint of width {weights.width} ({first})") from e
     return model.eval()
 
 
@@ -113,26 +192,6 @@ def cache_dir() -> Path:
     """Where downloaded weights go: $XDG_CACHE_HOME/amr, else ~/.cache/amr."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "amr"
-
-
-def file_sha256(path: Path) -> str:
-    """Streaming sha256, remembered per (path, size, mtime) for the life of the process."""
-    key = _hash_key(path)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _hash_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def _known(name: str) -> WeightsEntry:
@@ -157,16 +216,24 @@ def _resolve_file(name: str | None, path: Path) -> ResolvedWeights:
         raise AmrError(f"{path}: this is the {by_file.name} checkpoint, not {name}; pass the matching model name")
     entry = by_name or by_file
     if entry is None:
-        return ResolvedWeights(name or path.stem, path, file_sha256(path), _width_from_checkpoint(path))
+        return ResolvedWeights(name or path.stem, path, sha256_file(path), _width_from_checkpoint(path))
     advice = f"download it again from {entry.url}" if by_file else "pass its own model name, or none to infer it"
-    return ResolvedWeights(entry.name, path, _verified(path, entry, advice), entry.dims.width)
+    return ResolvedWeights(entry.name, path, _verified(path, entry, advice), entry.dims.width, entry.audio)
 
 
 def _verified(path: Path, entry: WeightsEntry, advice: str) -> str:
-    digest = file_sha256(path)
-    if entry.sha256 and digest != entry.sha256:
+    digest = sha256_file(path)
+    if entry.sha256 is None:
+        _warn_unverified(str(path), entry.file, digest)
+    elif digest != entry.sha256:
         raise AmrError(f"{path}: sha256 {digest} is not that of {entry.file} ({entry.sha256}); {advice}")
     return digest
+
+
+@cache
+def _warn_unverified(path: str, file: str, digest: str) -> None:
+    """Once per file and content in a process: no published hash to compare with."""
+    warn(f"{path}: cannot verify this file: amr knows no sha256 of {file}; using it as it is (sha256 {digest})")
 
 
 def _width_from_checkpoint(path: Path) -> float:
@@ -175,9 +242,9 @@ def _width_from_checkpoint(path: Path) -> float:
     if channels is None:
         raise AmrError(f"{path}: not an EfficientAT MobileNetV3 checkpoint (no features.16.0.weight)")
     last = channels.shape[0]
-    # make_divisible(160 * width) * 6 == last for the released widths (0.1 ... 4.0)
+    # embed_dim_for(width) = 6 * make_divisible(160 * width) == last for the released widths (0.1 ... 4.0)
     width = round(last / (LAST_CONV_EXPANSION * BLOCKS[-1].out), 4)
-    if LAST_CONV_EXPANSION * make_divisible(BLOCKS[-1].out * width) != last:
+    if embed_dim_for(width) != last:
         raise AmrError(f"{path}: cannot tell the model width from {last} channels in features.16")
     return width
 
@@ -194,45 +261,23 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _download(entry: WeightsEntry, path: Path) -> str:
     """Download to a temporary file beside `path`, check the hash, then rename into place."""
-    hint = (
-        f"{entry.file} not found: download {entry.url} and pass --audio-weights FILE "
-        f"or put it in ${WEIGHTS_DIR_ENV}"
-    )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{entry.file}.", suffix=".part", delete=False)
-    except OSError as e:
-        raise AmrError(f"{hint} (cannot write to {path.parent}: {e})") from e
-    part_path = Path(part.name)
+    hint = f"{entry.file} not found: download {entry.url} and pass --audio-weights FILE or put it in ${WEIGHTS_DIR_ENV}"
     digest = hashlib.sha256()
     try:
-        with part, urlopen(entry.url, timeout=60) as response:
+        with atomic_output(path) as part, open(part, "wb") as out, urlopen(entry.url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with _progress() as progress:
-                task = progress.add_task(entry.file, total=total)
+            with progress("{task.description}", DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+                task = bar.add_task(entry.file, total=total)
                 while chunk := response.read(_CHUNK):
-                    part.write(chunk)
+                    out.write(chunk)
                     digest.update(chunk)
-                    progress.advance(task, len(chunk))
+                    bar.advance(task, len(chunk))
+            if entry.sha256 and digest.hexdigest() != entry.sha256:
+                raise AmrError(f"{entry.url}: the download has sha256 {digest.hexdigest()}, expected {entry.sha256}; try again")
     except (OSError, http.client.HTTPException) as e:
-        part_path.unlink(missing_ok=True)
         raise AmrError(f"{hint} ({e})") from e
     sha256 = digest.hexdigest()
-    if entry.sha256 and sha256 != entry.sha256:
-        part_path.unlink(missing_ok=True)
-        raise AmrError(f"{entry.url}: the download has sha256 {sha256}, expected {entry.sha256}; try again")
-    os.replace(part_path, path)
-    _HASHES[_hash_key(path)] = sha256
+    remember_sha256(path, sha256)
+    if entry.sha256 is None:
+        _warn_unverified(str(path), entry.file, sha256)
     return sha256
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from amr.errors import AmrError
+from amr.files import atomic_write
 
 WORKSPACE_ENV = "AMR_WORKSPACE"
 DEFAULT_WORKSPACE = Path("amr-workspace")
@@ -51,6 +53,18 @@ class Workspace:
     def indexes(self) -> Path:
         return self.root / "indexes"
 
+    def cache_path(self, dataset: str, audio_model: str) -> Path:
+        """Where `amr extract` writes a dataset's cache by default."""
+        return self.caches / f"{dataset}.{audio_model}.h5"
+
+    def new_checkpoint_path(self, fusion: str) -> Path:
+        """A fresh checkpoint directory for a run of ``fusion``, named by the time."""
+        return self.checkpoints / f"{fusion}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def index_path(self, cache: Path, zero_shot: bool) -> Path:
+        """Where `amr index` writes the index of a cache by default."""
+        return self.indexes / f"{Path(cache).stem}{'.zero-shot' if zero_shot else ''}.h5"
+
     @property
     def _pointers(self) -> Path:
         return self.root / "latest.json"
@@ -76,7 +90,4 @@ class Workspace:
     def set_latest(self, kind: Kind, path: Path) -> None:
         pointers = self._read_pointers()
         pointers[kind] = str(Path(path).resolve())
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._pointers.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pointers, indent=2) + "\n")
-        tmp.replace(self._pointers)
+        atomic_write(self._pointers, json.dumps(pointers, indent=2) + "\n")

@@ -20,40 +20,59 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import torch
+
+from amr.audioset import top_tags
 from amr.cache import EmbeddingCache
 from amr.errors import AmrError
+from amr.fusion import Fusion
 from amr.items import METADATA_FIELDS, Item, metadata_text
 from amr.mobilenet import audioset_class_names
 from amr.text import DEFAULT_TEXT_MODEL, TextEncoder
 
+
 @dataclass(frozen=True)
 class ZeroShotConfig:
+    """``text_pooling`` "" means the text model's own (mean for all-MiniLM-L6-v2)."""
+
     text_model: str = DEFAULT_TEXT_MODEL
     audio_weight: float = 1.0
     metadata_weight: float = 1.0
     metadata_fields: tuple[str, ...] = METADATA_FIELDS
     descriptions: str | None = None  # JSON file: AudioSet class name → description (e.g. from the ontology)
+    text_pooling: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata_fields", tuple(self.metadata_fields))
         if self.audio_weight < 0 or self.metadata_weight < 0 or self.audio_weight + self.metadata_weight == 0:
             raise AmrError("zero-shot weights must be non-negative and not both zero")
 
+    @property
+    def fusion(self) -> Fusion:
+        """late for both sources, none (audio only) or metadata (metadata only) when a weight is zero."""
+        if self.metadata_weight == 0:
+            return Fusion.none
+        return Fusion.metadata if self.audio_weight == 0 else Fusion.late
+
 
 class ZeroShotRetriever:
-    """A Retriever (see amr.index) that needs no checkpoint."""
+    """A Retriever (see amr.retrievers) that needs no checkpoint."""
 
-    fusion = "zero-shot"
+    kind = "zero-shot"
 
     def __init__(self, config: ZeroShotConfig | None = None, text: TextEncoder | None = None):
         self.config = config or ZeroShotConfig()
         self.text = text or TextEncoder(self.config.text_model)
-        self.segments = [("audio", self.text.dim), ("metadata", self.text.dim)]
+        self.pooling = self.config.text_pooling or self.text.native_pooling
+        self.fusion = self.config.fusion
+        self.parts = [("audio", self.text.dim), ("metadata", self.text.dim)]
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -66,8 +85,13 @@ class ZeroShotRetriever:
 
     @cached_property
     def fingerprint(self) -> str:
-        described = {**asdict(self.config), "text_fingerprint": self.text.fingerprint}
+        described = {**asdict(self.config), "text_pooling": self.pooling, "text_fingerprint": self.text.fingerprint}
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def configuration(self) -> str:
+        """A zero-shot model has no seed: its configuration is all of it."""
+        return self.fingerprint
 
     @cached_property
     def class_embeddings(self) -> np.ndarray:
@@ -77,7 +101,7 @@ class ZeroShotRetriever:
         if self.config.descriptions:
             described = _read_descriptions(Path(self.config.descriptions))
             texts = [f"{name}. {described[name]}" if described.get(name) else name for name in names]
-        return self.text.encode(texts, pooling="mean", normalize=True)
+        return self.text.encode(texts, pooling=self.pooling, normalize=True)
 
     def audio_vectors(self, tag_probabilities: np.ndarray) -> np.ndarray:
         """The label–text bridge: (n, 527) tag probabilities → (n, dim) unit vectors."""
@@ -89,7 +113,7 @@ class ZeroShotRetriever:
         present = np.array([t is not None for t in texts])
         vectors = np.zeros((len(items), self.text.dim), np.float32)
         if present.any():
-            vectors[present] = self.text.encode([t for t in texts if t is not None], pooling="mean", normalize=True)
+            vectors[present] = self.text.encode([t for t in texts if t is not None], pooling=self.pooling, normalize=True)
         return vectors, present
 
     def fuse(self, audio: np.ndarray, metadata: np.ndarray) -> np.ndarray:
@@ -100,14 +124,19 @@ class ZeroShotRetriever:
         return np.concatenate([a, m], axis=1) / np.maximum(norm, 1e-12)
 
     def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
-        items = [cache.items[i] for i in indices]
-        if auto_tags:
-            items = [with_machine_tags(item, cache.tags[i], auto_tags) for item, i in zip(items, indices)]
+        items = [with_machine_tags(cache.items[i], cache.tags[i], auto_tags) for i in indices]
         metadata, _ = self.metadata_vectors(items)
         return self.fuse(self.audio_vectors(cache.tags[list(indices)]), metadata)
 
+    def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
+        """Each segment's bridge vector (from its own tags) fused with the item's metadata vector."""
+        segments = cache.segments(index)
+        metadata, _ = self.metadata_vectors([with_machine_tags(cache.items[index], cache.tags[index], auto_tags)])
+        tags = np.stack([segment.tags for segment in segments])
+        return self.fuse(self.audio_vectors(tags), np.repeat(metadata, len(segments), axis=0))
+
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        q = self.text.encode(texts, pooling="mean", normalize=True)
+        q = self.text.encode(texts, pooling=self.pooling, normalize=True)
         return np.concatenate([q, q], axis=1)
 
     def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
@@ -117,11 +146,11 @@ class ZeroShotRetriever:
         return np.concatenate([audio, np.zeros_like(audio)], axis=1)
 
 
-def zero_shot_variants(ablate: bool) -> list[tuple[str, ZeroShotRetriever]]:
+def zero_shot_variants(ablate: bool, device: torch.device | str = "cpu") -> list[tuple[str, ZeroShotRetriever]]:
     """The fused zero-shot model and, with ``ablate``, its audio-only and
     metadata-only halves (one text encoder shared): the evaluation rows that
     show whether fusion beats both sources."""
-    fused = ZeroShotRetriever()
+    fused = ZeroShotRetriever(text=TextEncoder(ZeroShotConfig.text_model).to(device))
     variants = [("zero-shot", fused)]
     if ablate:
         variants += [
@@ -136,18 +165,16 @@ def with_machine_tags(item: Item, tag_probabilities: np.ndarray, k: int) -> Item
     when it has no metadata of its own (documented, off by default)."""
     if item.metadata or k <= 0:
         return item
-    names = audioset_class_names()
-    best = np.argsort(-np.asarray(tag_probabilities), kind="stable")[:k]
-    return Item(item.id, item.audio, item.split, {"keywords": [names[c] for c in best]}, item.captions)
+    return replace(item, metadata={"keywords": [name for name, _ in top_tags(tag_probabilities, k)]})
 
 
-def load_zero_shot(spec: dict[str, Any]) -> ZeroShotRetriever:
+def load_zero_shot(spec: dict[str, Any], device: torch.device | str = "cpu") -> ZeroShotRetriever:
     fields = {k: v for k, v in spec.items() if k != "kind"}
-    fields["metadata_fields"] = tuple(fields.get("metadata_fields", METADATA_FIELDS))
     try:
-        return ZeroShotRetriever(ZeroShotConfig(**fields))
+        config = ZeroShotConfig(**fields)
     except TypeError as e:
         raise AmrError(f"zero-shot spec {spec} is not one this amr understands ({e})") from e
+    return ZeroShotRetriever(config, TextEncoder(config.text_model).to(device))
 
 
 def _read_descriptions(path: Path) -> dict[str, str]:

@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ import torch
 
 from amr.cache import CacheInfo, ClipEmbedding, write_cache
 from amr.items import Item
-from amr.train import configure, train
+from amr.model import ModelConfig
+from amr.train import TrainConfig, train
 
 CLOTHO_TRAIN_CLIPS = 3839
 CLOTHO_VAL_CLIPS = 1045
@@ -79,7 +81,13 @@ def synthetic_clotho(path: Path, train_clips: int, val_clips: int, seed: int = 0
 
 def one_epoch(cache: Path, output: Path, given: dict) -> tuple[dict, float]:
     """The epoch record of a one-epoch run, and the run's total time."""
-    model, training = configure({"caches": (str(cache),), "epochs": 1, **given})
+    options = {"caches": (str(cache),), "epochs": 1, **given}
+    model_names = {f.name for f in fields(ModelConfig)}
+    unknown = set(options) - model_names - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise SystemExit(f"unknown training options: {', '.join(sorted(unknown))}")
+    model = ModelConfig(**{k: v for k, v in options.items() if k in model_names})
+    training = TrainConfig(**{k: v for k, v in options.items() if k not in model_names})
     started = time.perf_counter()
     train(output, model, training, progress=False)
     total = time.perf_counter() - started
@@ -94,8 +102,14 @@ def report(title: str, record: dict, total: float, pairs_target: int) -> None:
     print(f"\n{title}")
     print(f"  pairs                       {record['pairs']}")
     print(f"  throughput                  {record['pairs_per_second']:.0f} pairs/s")
-    print(f"  CPU time of the loop        {record['cpu_seconds']:.1f} s over {torch.get_num_threads()} threads (wall {record['seconds']:.1f} s)")
-    print(f"  training loop               {record['seconds']:.1f} s   (x{scale:.2f} for {pairs_target} pairs: {record['seconds'] * scale:.1f} s)")
+    print(
+        f"  CPU time of the loop        {record['cpu_seconds']:.1f} s over {torch.get_num_threads()} threads (wall "
+        f"{record['seconds']:.1f} s)"
+    )
+    print(
+        f"  training loop               {record['seconds']:.1f} s   "
+        f"(x{scale:.2f} for {pairs_target} pairs: {record['seconds'] * scale:.1f} s)"
+    )
     print(f"  forward + backward          {record['model_seconds']:.1f} s")
     print(f"  outside forward/backward    {outside:.1f} s = {100 * outside / record['seconds']:.1f} % of the loop")
     print(f"  validation                  {record['validation_seconds']:.1f} s")

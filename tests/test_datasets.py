@@ -91,7 +91,7 @@ def test_detect_layout(data: Path, tmp_path: Path, wav: Path) -> None:
     assert detect_layout(data / "sounds") == "generic"
     assert detect_layout(data / "sfx-dev") == "generic"
     assert detect_layout(audiocaps_root(tmp_path / "ac", wav)) == "audiocaps"
-    assert set(LAYOUTS) == {"generic", "clotho", "audiocaps"}
+    assert set(LAYOUTS) == {"generic", "clotho", "audiocaps", "folder"}
     (tmp_path / "empty").mkdir()
     with pytest.raises(AmrError, match="no known dataset layout"):
         load_dataset(tmp_path / "empty")
@@ -242,14 +242,13 @@ def audiocaps_root(root: Path, wav: Path) -> Path:
             "audiocap_id,youtube_id,start_time,caption",
             "91139,r1nicOVtvkQ,130,A dog barks repeatedly",
             "58146,UDGBjjwyaqE,20,Rain falls on a roof",
-            "91140,r1nicOVtvkQ,130,\"A dog barks, then whines\"",
+            '91140,r1nicOVtvkQ,130,"A dog barks, then whines"',
         ],
     )
     write_lines(root / "val.csv", ["audiocap_id,youtube_id,start_time,caption", "97151,vfY_TJq7n_U,130,A cat meows"])
     write_lines(
         root / "test.csv",
-        ["audiocap_id,youtube_id,start_time,caption"]
-        + [f"{103549 + k},7fmOlUlwoNg,20,A man speaks number {k}" for k in range(5)],
+        ["audiocap_id,youtube_id,start_time,caption"] + [f"{103549 + k},7fmOlUlwoNg,20,A man speaks number {k}" for k in range(5)],
     )
     place(wav, root / "audio" / "train" / "r1nicOVtvkQ.wav")
     place(wav, root / "train" / "YUDGBjjwyaqE.wav")
@@ -257,9 +256,7 @@ def audiocaps_root(root: Path, wav: Path) -> Path:
     place(wav, root / "7fmOlUlwoNg.wav")
     (root / "class_labels_indices.csv").write_text(CLASS_LABELS)
     (root / "balanced_train_segments.csv").write_text(
-        SEGMENTS_HEADER
-        + 'r1nicOVtvkQ, 130.000, 140.000, "/m/0bt9lr,/m/05tny_"\n'
-        + 'notInAudioCaps, 0.000, 10.000, "/m/nonsense"\n'
+        SEGMENTS_HEADER + 'r1nicOVtvkQ, 130.000, 140.000, "/m/0bt9lr,/m/05tny_"\n' + 'notInAudioCaps, 0.000, 10.000, "/m/nonsense"\n'
     )
     (root / "unbalanced_train_segments.csv").write_text(SEGMENTS_HEADER + 'UDGBjjwyaqE, 20.000, 30.000, "/m/06mb1"\n')
     return root
@@ -294,7 +291,8 @@ def test_audiocaps_without_labels(tmp_path: Path, wav: Path) -> None:
 def test_audiocaps_missing_audio(tmp_path: Path, wav: Path) -> None:
     root = audiocaps_root(tmp_path / "ac", wav)
     (root / "audio" / "vfY_TJq7n_U.wav").unlink()
-    with pytest.raises(AmrError, match=r"val\.csv:2: no audio for youtube_id 'vfY_TJq7n_U' \(looked for .* in audio/val/, val/, audio/, \./\)"):
+    missing = r"val\.csv:2: no audio for youtube_id 'vfY_TJq7n_U' \(looked for .* in audio/val/, val/, audio/, \./\)"
+    with pytest.raises(AmrError, match=missing):
         load_dataset(root)
     skipped: list[str] = []
     assert len(load_dataset(root, lenient=True, on_skip=skipped.append).items) == 3
@@ -401,6 +399,14 @@ ITEM_ERRORS = [
     ({"id": "b", "audio": "audio/b.wav", "metadata": {"keywords": [1]}}, "'metadata.keywords' must be a list of strings"),
     ({"id": "b", "audio": "audio/b.wav", "metadata": {"author": "x"}}, "unknown metadata field 'author'"),
     ({"id": "b", "audio": "audio/b.wav", "captions": "a cat"}, "'captions' must be a list of strings"),
+    # strings that cannot be stored as UTF-8 (they would fail the cache write, after all the work)
+    ({"id": "b\ud800", "audio": "audio/b.wav"}, "'id' holds a lone surrogate"),
+    ({"id": "b", "audio": "audio/b.wav", "metadata": {"title": "x\udc80"}}, "'metadata.title' holds a lone surrogate"),
+    ({"id": "b", "audio": "audio/b.wav", "captions": ["fine", "\udfff"]}, r"'captions\[1\]' holds a lone surrogate"),
+    ({"id": "b", "audio": "audio/b.wav", "source": {"\ud800": 1}}, r"'source.\\ud800' holds a lone surrogate"),
+    # audio outside the dataset folder
+    ({"id": "b", "audio": "../b.wav"}, r"audio path '\.\./b\.wav' is outside the dataset folder"),
+    ({"id": "b", "audio": "/etc/hostname"}, r"audio path '/etc/hostname' is outside the dataset folder .* --allow-outside-root"),
 ]
 
 
@@ -477,6 +483,7 @@ QUERY_ERRORS = [
     ({"id": "q2", "text": "dog", "relevant": ["a", "zz"]}, "unknown relevant id 'zz'"),
     ({"id": "q1", "text": "dog", "relevant": ["a"]}, r"duplicate query id 'q1' \(first on line 1\)"),
     ({"id": "q2", "text": "dog", "relevant": ["a"], "split": "holdout"}, "unknown split 'holdout'"),
+    ({"id": "q2", "text": "dog \ud800", "relevant": ["a"]}, "'text' holds a lone surrogate"),
 ]
 
 
@@ -523,3 +530,100 @@ def test_lenient_reports_on_stderr_by_default(tmp_path: Path, wav: Path, capsys:
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "skipped" in captured.err and "items.jsonl:2: audio file not found" in captured.err.replace("\n", "")
+
+
+# ---------------------------------------------------------------- file stamps, encodings, audio outside the root
+
+
+def test_items_record_their_file_size_and_time(data: Path) -> None:
+    for item in load_dataset(data / "sounds").items:
+        stat = Path(item.audio).stat()
+        assert (item.audio_size, item.audio_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def test_audio_outside_the_root(tmp_path: Path, wav: Path) -> None:
+    root = tmp_path / "set"
+    place(wav, tmp_path / "shared" / "x.wav")
+    place(wav, root / "audio" / "in.wav")
+    write_lines(
+        root / "items.jsonl",
+        [
+            {"id": "up", "audio": "../shared/x.wav"},
+            {"id": "absolute", "audio": str(tmp_path / "shared" / "x.wav")},
+            {"id": "inside", "audio": str(root.resolve() / "audio" / "in.wav")},  # absolute, but inside: fine
+            {"id": "climbs back", "audio": "audio/../../set/audio/in.wav"},
+        ],
+    )
+    with pytest.raises(AmrError, match=r"items\.jsonl:1: audio path '\.\./shared/x\.wav' is outside the dataset folder"):
+        load_dataset(root)
+    skipped: list[str] = []
+    assert [item.id for item in load_dataset(root, lenient=True, on_skip=skipped.append).items] == ["inside", "climbs back"]
+    assert [message.split(": ")[0].rsplit("/", 1)[1] for message in skipped] == ["items.jsonl:1", "items.jsonl:2"]
+    allowed = [item.audio for item in load_dataset(root, allow_outside_root=True).items]
+    outside, inside = str(tmp_path.resolve() / "shared" / "x.wav"), str(root.resolve() / "audio" / "in.wav")
+    assert allowed == [outside, outside, inside, inside]
+
+
+def test_clotho_file_name_outside_the_root(data: Path, tmp_path: Path) -> None:
+    root = clotho_root(tmp_path / "clotho", data)
+    place(root / "validation" / "02-Bakken_Rollercoaster.wav", tmp_path / "escape.wav")
+    with open(root / "clotho_captions_validation.csv", "a") as f:
+        f.write("../../escape.wav,a,b,c,d,e\n")
+    with pytest.raises(AmrError, match=r"validation\.csv:3: audio path 'validation/\.\./\.\./escape\.wav' is outside"):
+        load_dataset(root)
+    assert load_dataset(root, allow_outside_root=True).items[-1].audio == str(tmp_path.resolve() / "escape.wav")
+
+
+def test_a_csv_that_is_not_utf8_is_read_with_a_warning(tmp_path: Path, wav: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    place(wav, tmp_path / "a.wav")
+    title = "Caf\u00e9 \u2019round the corner\u2019"
+    path = write_lines(tmp_path / "items.csv", ["id,audio,title", f"a,a.wav,{title}"], encoding="cp1252")
+    assert load_dataset(tmp_path).items[0].metadata == {"title": title}
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"{path.resolve()}:2: not UTF-8 (byte 0xe9); read the file as cp1252" in err and "--encoding" in err
+    # named: no guess, no warning; a wrong name fails at the line
+    assert load_dataset(tmp_path, encoding="cp1252").items[0].metadata == {"title": title}
+    assert load_dataset(tmp_path, encoding="latin-1").items[0].metadata == {"title": title.replace("\u2019", "\x92")}
+    assert capsys.readouterr().err == ""
+    with pytest.raises(AmrError, match=r"items\.csv:2: not UTF-8 \(invalid continuation byte at byte 26\)"):
+        load_dataset(tmp_path, encoding="utf-8")
+    with pytest.raises(AmrError, match=r"items\.csv:2: neither UTF-8 nor ascii \(ordinal not in range\(128\) at byte 26\)"):
+        load_dataset(tmp_path, encoding="ascii")
+    with pytest.raises(AmrError, match="unknown text encoding 'klingon'"):
+        load_dataset(tmp_path, encoding="klingon")
+
+
+def test_a_named_encoding_is_for_files_that_are_not_utf8(tmp_path: Path, wav: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One dataset can mix them (Clotho: UTF-8 captions, Windows-1252 metadata): UTF-8 stays UTF-8."""
+    place(wav, tmp_path / "a.wav")
+    write_lines(tmp_path / "items.csv", ["id,audio,title", "a,a.wav,Caf\u00e9"])
+    assert load_dataset(tmp_path, encoding="cp1252").items[0].metadata == {"title": "Caf\u00e9"}  # not "CafÃ©"
+    assert capsys.readouterr().err == ""
+
+
+def test_latin1_clotho_metadata_is_reported(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    load_dataset(clotho_root(tmp_path / "clotho", data))
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "clotho_metadata_development.csv:2: not UTF-8 (byte 0xe9); read the file as cp1252" in err
+    assert "clotho_metadata_validation.csv:2: not UTF-8 (byte 0x92); read the file as cp1252" in err
+    assert "clotho_captions_" not in err  # UTF-8 files: no warning
+
+
+def test_jsonl_in_a_named_encoding(tmp_path: Path, wav: Path) -> None:
+    root = generic_root(tmp_path, wav, [])
+    write_lines(root / "items.jsonl", ['{"id": "a", "audio": "audio/a.wav", "metadata": {"title": "caf\u00e9"}}'], encoding="utf-16")
+    with pytest.raises(AmrError, match=r"items\.jsonl:1: not UTF-8"):
+        load_dataset(root)
+    assert load_dataset(root, encoding="utf-16").items[0].metadata == {"title": "caf\u00e9"}
+    queries = write_lines(tmp_path / "queries.jsonl", ['{"id": "q", "text": "caf\u00e9", "relevant": ["a"]}'], encoding="cp1252")
+    with pytest.raises(AmrError, match=r"queries\.jsonl:1: not UTF-8"):
+        load_queries(queries)
+    assert load_queries(queries, encoding="cp1252")[0].text == "caf\u00e9"
+
+
+def test_audiocaps_segments_that_are_not_utf8(tmp_path: Path, wav: Path) -> None:
+    root = audiocaps_root(tmp_path / "ac", wav)
+    with open(root / "unbalanced_train_segments.csv", "ab") as f:
+        f.write(b'vfY_TJq7n_U, 130.000, 140.000, "/m/01yrx" \xff\n')
+    with pytest.raises(AmrError, match=r"unbalanced_train_segments\.csv: not UTF-8 \(invalid start byte\)"):
+        load_dataset(root)

@@ -16,19 +16,13 @@ import pytest
 
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.errors import AmrError
-from amr.index import (
-    RETRIEVER_KINDS,
-    TAGS_STORED,
-    build_index,
-    exact_search,
-    explain,
-    machine_tags,
-    open_index,
-    search,
-    sidecar_path,
-)
+from amr.fusion import Fusion
+from amr.index import TAGS_STORED, explain, machine_tags, open_index, search, sidecar_path
+from amr.indexing import build_index
 from amr.items import Item, metadata_text
 from amr.mobilenet import audioset_class_names
+from amr.retrievers import RETRIEVER_KINDS
+from amr.search import exact_search
 from amr.text import normalize_text
 
 C = 16  # frame embedding size of the fake caches
@@ -49,11 +43,13 @@ class FakeRetriever:
     """Late fusion exactly as the Retriever protocol defines it: item
     [a; m] / |a + m|, query [q; q], example [a; 0]."""
 
-    fusion = "late"
-    segments = [("audio", D), ("metadata", D)]
+    kind = "fake"
+    fusion = Fusion.late
+    parts = [("audio", D), ("metadata", D)]
 
     def __init__(self, fingerprint: str = "fake-1", spec: dict | None = None):
         self.fingerprint = fingerprint
+        self.configuration = fingerprint
         self.spec = spec or {"kind": "fake", "fingerprint": fingerprint}
         self.projection = np.random.default_rng(0).standard_normal((C, D)).astype(np.float32)
         self.encoded: list[str] = []  # item ids, in the order encode_items saw them
@@ -86,7 +82,7 @@ class FakeRetriever:
 @pytest.fixture
 def fake_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let load_retriever rebuild fake retrievers from their spec."""
-    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec: FakeRetriever(spec["fingerprint"]))
+    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: FakeRetriever(spec["fingerprint"]))
 
 
 LIBRARY = [
@@ -121,11 +117,11 @@ def library(tmp_path: Path) -> Path:
 
 def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Path, tmp_path: Path) -> None:
     retriever = FakeRetriever()
-    report = build_index(retriever, [library], tmp_path / "index.h5", progress=False)
+    report = build_index(retriever, [library], tmp_path / "index.h5", show_progress=False)
     assert (report.items, report.added, report.replaced, report.ann) == (5, 5, 0, None)
     index = open_index(tmp_path / "index.h5")
     assert index.ids() == [item.id for item in LIBRARY]
-    assert [index.item(r) for r in range(len(index))] == LIBRARY
+    assert [index.item(r) for r in range(index.items_count)] == LIBRARY
     with EmbeddingCache(library) as cache:
         expected = retriever.encode_items(cache, range(len(cache)))
         np.testing.assert_allclose(index.vectors, expected, rtol=1e-6)
@@ -133,7 +129,7 @@ def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Pa
         np.testing.assert_array_equal(index.tags, top)
         info = cache.info
     header = index.header
-    assert (header.fingerprint, header.fusion, header.segments) == ("fake-1", "late", [("audio", D), ("metadata", D)])
+    assert (header.fingerprint, header.kind, header.fusion, header.parts) == ("fake-1", "fake", "late", [("audio", D), ("metadata", D)])
     assert header.retriever == {"kind": "fake", "fingerprint": "fake-1"}
     assert header.audio == info  # what query by example needs to load the same audio model
     assert header.sources == [str(library.resolve())]
@@ -141,7 +137,7 @@ def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Pa
 
 
 def test_an_item_without_metadata_gets_an_audio_only_vector(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
     engine = index.vectors[3]
     assert index.item(3).metadata == {}
@@ -151,34 +147,34 @@ def test_an_item_without_metadata_gets_an_audio_only_vector(library: Path, tmp_p
 
 def test_auto_tags_give_items_without_metadata_their_machine_tags(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], output, auto_tags=3, progress=False)
+    build_index(FakeRetriever(), [library], output, auto_tags=3, show_progress=False)
     index = open_index(output)
     assert index.header.auto_tags == 3
     assert np.linalg.norm(index.vectors[3][D:]) > 0  # "engine" has no metadata, but tags now
     more = make_cache(tmp_path / "more.h5", MORE)
     with pytest.raises(AmrError, match="auto tags 3, not 0"):
-        build_index(FakeRetriever(), [more], output, append=True, auto_tags=0, progress=False)
-    build_index(FakeRetriever(), [more], output, append=True, progress=False)
+        build_index(FakeRetriever(), [more], output, append=True, auto_tags=0, show_progress=False)
+    build_index(FakeRetriever(), [more], output, append=True, show_progress=False)
     assert open_index(output).header.auto_tags == 3
 
 
 def test_split_selects_the_items_indexed(library: Path, tmp_path: Path) -> None:
-    report = build_index(FakeRetriever(), [library], tmp_path / "eval.h5", splits=["test"], progress=False)
+    report = build_index(FakeRetriever(), [library], tmp_path / "eval.h5", splits=["test"], show_progress=False)
     assert report.items == 2
     assert open_index(tmp_path / "eval.h5").ids() == ["rain", "engine"]
     with pytest.raises(AmrError, match="no items in split"):
-        build_index(FakeRetriever(), [library], tmp_path / "none.h5", splits=["nope"], progress=False)
+        build_index(FakeRetriever(), [library], tmp_path / "none.h5", splits=["nope"], show_progress=False)
 
 
 def test_append_encodes_only_the_new_cache_and_a_repeated_id_replaces_the_old(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], output, progress=False)
+    build_index(FakeRetriever(), [library], output, show_progress=False)
     before = open_index(output)
     old_vectors = {item_id: before.vectors[r].copy() for r, item_id in enumerate(before.ids())}
 
     retriever = FakeRetriever()
     more = make_cache(tmp_path / "more.h5", MORE, seed=1)
-    report = build_index(retriever, [more], output, append=True, progress=False)
+    report = build_index(retriever, [more], output, append=True, show_progress=False)
     assert retriever.encoded == ["thunder", "dog"]  # nothing of the old index was encoded again
     assert (report.items, report.added, report.replaced) == (6, 2, 1)
     index = open_index(output)
@@ -194,24 +190,24 @@ def test_append_encodes_only_the_new_cache_and_a_repeated_id_replaces_the_old(li
 
 def test_append_refuses_an_index_of_another_checkpoint(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever("fake-1"), [library], output, progress=False)
+    build_index(FakeRetriever("fake-1"), [library], output, show_progress=False)
     more = make_cache(tmp_path / "more.h5", MORE)
     with pytest.raises(AmrError, match=r"built with .*fake-1.*not .*fake-2"):
-        build_index(FakeRetriever("fake-2"), [more], output, append=True, progress=False)
+        build_index(FakeRetriever("fake-2"), [more], output, append=True, show_progress=False)
     assert len(open_index(output)) == 5  # untouched
 
 
 def test_append_refuses_caches_of_another_audio_model(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], output, progress=False)
+    build_index(FakeRetriever(), [library], output, show_progress=False)
     other = make_cache(tmp_path / "other.h5", MORE, weights_sha256="b" * 64)
     with pytest.raises(AmrError, match="holds embeddings of"):
-        build_index(FakeRetriever(), [other], output, append=True, progress=False)
+        build_index(FakeRetriever(), [other], output, append=True, show_progress=False)
 
 
 def test_append_needs_an_existing_index(library: Path, tmp_path: Path) -> None:
     with pytest.raises(AmrError, match="no index to append to"):
-        build_index(FakeRetriever(), [library], tmp_path / "missing.h5", append=True, progress=False)
+        build_index(FakeRetriever(), [library], tmp_path / "missing.h5", append=True, show_progress=False)
 
 
 def test_a_file_that_is_not_an_index_is_refused(library: Path, tmp_path: Path) -> None:
@@ -219,7 +215,7 @@ def test_a_file_that_is_not_an_index_is_refused(library: Path, tmp_path: Path) -
         open_index(library)
     with pytest.raises(AmrError, match="no such index file"):
         open_index(tmp_path / "nothing.h5")
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     with h5py.File(tmp_path / "index.h5", "a") as f:
         f.attrs["version"] = 99
     with pytest.raises(AmrError, match="version 99"):
@@ -241,7 +237,7 @@ def test_exact_search_matches_brute_force_and_breaks_ties_by_row() -> None:
 
 
 def test_search_asks_no_more_than_the_index_holds(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
     rows, scores = search(index, FakeRetriever().encode_queries(["dog barking"]), top=50)
     assert rows.shape == (1, 5) and sorted(rows[0].tolist()) == list(range(5))
@@ -250,7 +246,7 @@ def test_search_asks_no_more_than_the_index_holds(library: Path, tmp_path: Path)
 
 
 def test_explain_splits_the_score_into_audio_and_metadata(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
     query = FakeRetriever().encode_queries(["dog barking in the rain"])
     rows, scores = search(index, query, top=5)
@@ -266,18 +262,18 @@ def test_explain_splits_the_score_into_audio_and_metadata(library: Path, tmp_pat
     assert [p for _, p in tags] == sorted((p for _, p in tags), reverse=True)
 
 
-def test_a_segment_search_ranks_by_cosine_within_the_segment(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+def test_a_part_search_ranks_by_cosine_within_the_part(library: Path, tmp_path: Path) -> None:
+    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
     query = np.random.default_rng(1).standard_normal((1, 2 * D)).astype(np.float32)
-    rows, scores = search(index, query, top=5, segment="audio")
+    rows, scores = search(index, query, top=5, part="audio")
     audio = index.vectors[:, :D]
     cosines = audio @ query[0, :D] / np.linalg.norm(audio, axis=1)
     assert rows[0].tolist() == np.argsort(-cosines).tolist()
     np.testing.assert_allclose(scores[0], np.sort(cosines)[::-1], rtol=1e-5)
     assert explain(index, query[0], int(rows[0, 0]), "audio") == {"audio": pytest.approx(float(scores[0, 0]), abs=1e-6)}
-    with pytest.raises(AmrError, match="has no tags segment"):
-        search(index, query, top=5, segment="tags")
+    with pytest.raises(AmrError, match="has no tags part"):
+        search(index, query, top=5, part="tags")
 
 
 # --- approximate index ----------------------------------------------------------------------
@@ -311,7 +307,7 @@ def big_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, tmp_path: Path) -> None:
     vectors = clustered(4200, 2 * D, seed=5)  # the last 100 are held-out queries
     output = tmp_path / "big.h5"
-    report = build_index(VectorRetriever(vectors), [big_cache], output, ann=True, progress=False)
+    report = build_index(VectorRetriever(vectors), [big_cache], output, ann=True, show_progress=False)
     info = report.ann
     assert info is not None and info.nlist == min(round(2 * np.sqrt(4000)), 4000 // 39) and info.recall_at_10 >= 0.97
     index = open_index(output)
@@ -324,14 +320,14 @@ def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, 
     # candidates are re-ranked by their exact scores: the same numbers exact search gives
     np.testing.assert_allclose(approx_scores, np.einsum("qd,qkd->qk", queries, vectors[approx]), rtol=1e-5)
     assert np.all(np.diff(approx_scores, axis=1) <= 0)
-    by_audio, cosines = search(index, queries, 10, segment="audio")
-    truth, exact_cosines = search(index, queries, 10, exact=True, segment="audio")
+    by_audio, cosines = search(index, queries, 10, part="audio")
+    truth, exact_cosines = search(index, queries, 10, exact=True, part="audio")
     assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(by_audio.tolist(), truth.tolist())]) >= 0.8
     assert np.all(cosines <= exact_cosines + 1e-6)  # exact cosines, of rows at most as good
     assert np.mean(np.isclose(cosines[:, 0], exact_cosines[:, 0], rtol=1e-5)) >= 0.95  # the best is usually found
 
     extra = make_cache(tmp_path / "extra.h5", [Item(str(i), f"/x/{i}.wav", "test") for i in range(4000, 4100)])
-    report = build_index(VectorRetriever(vectors), [extra], output, append=True, progress=False)
+    report = build_index(VectorRetriever(vectors), [extra], output, append=True, show_progress=False)
     assert report.ann is not None and report.ann.token != info.token  # kept, and rebuilt over 4100 items
     assert not sidecar_path(output, info).exists()
     assert open_index(output).ann.ntotal == 4100
@@ -341,6 +337,6 @@ def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, 
 
 
 def test_small_indexes_are_exact_unless_asked(library: Path, tmp_path: Path) -> None:
-    report = build_index(FakeRetriever(), [library], tmp_path / "index.h5", progress=False)
+    report = build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     assert report.ann is None and open_index(tmp_path / "index.h5").ann is None
     assert list(tmp_path.glob("*.faiss")) == []

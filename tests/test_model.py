@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from amr.errors import AmrError
+from amr.heads import AudioBatch, MetadataBatch
 from amr.items import Item
 from amr.model import MAX_FRAMES, AudioTower, ModelConfig, RetrievalModel, item_metadata, nt_xent, pad_sequences
 
@@ -19,9 +20,10 @@ TINY = dict(audio_dim=12, width=16, depth=2, heads=2, ff=32, dropout=0.1)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
-def model_of(fusion: str, text_encoder) -> RetrievalModel:
+def model_of(fusion: str, text_encoder, init: str = "random") -> RetrievalModel:
+    """A tiny model; from random (the paper's), unless said."""
     torch.manual_seed(0)
-    return RetrievalModel(ModelConfig(fusion=fusion, freeze_text=True, **TINY), text_encoder).eval()
+    return RetrievalModel(ModelConfig(fusion=fusion, init=init, freeze_text=True, **TINY), text_encoder).eval()
 
 
 def test_the_global_token_starts_as_the_mean_of_the_real_frames_plus_a_bias() -> None:
@@ -40,13 +42,13 @@ def test_the_global_token_starts_as_the_mean_of_the_real_frames_plus_a_bias() ->
 @pytest.mark.parametrize("extra", [False, True])
 def test_padded_frames_change_nothing(extra: bool) -> None:
     torch.manual_seed(0)
-    tower = AudioTower(ModelConfig(**TINY)).eval()
+    tower = AudioTower(ModelConfig(**TINY), extra_tokens=int(extra)).eval()
     short = torch.randn(1, 4, 12)
     long = torch.randn(1, 9, 12)
-    token = torch.randn(1, 16) if extra else None
+    token = torch.randn(1, 1, 16) if extra else None
     alone = tower(short, torch.tensor([4]), token)
-    batch = torch.cat([torch.cat([short, 100 * torch.randn(1, 5, 12)], 1), long])  # garbage in the padding
-    together = tower(batch, torch.tensor([4, 9]), None if token is None else token.expand(2, -1))
+    padded = torch.cat([torch.cat([short, 100 * torch.randn(1, 5, 12)], 1), long])  # garbage in the padding
+    together = tower(padded, torch.tensor([4, 9]), None if token is None else token.expand(2, -1, -1))
     assert together.shape == (2, 2 if extra else 1, 16)
     torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
 
@@ -87,71 +89,107 @@ def test_nt_xent_masks_other_captions_of_the_same_clip() -> None:
     assert nt_xent(scores, torch.tensor([5, 6, 7]), 1.0).item() > masked.item()
 
 
-def test_late_fusion_score_is_the_inner_product_of_the_segments(text_encoder) -> None:
+def batch(b: int = 3, t: int = 7, seed: int = 0) -> AudioBatch:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([t, 5, 2][:b])
+    return AudioBatch(torch.randn(b, t, 12, generator=generator), lengths, torch.rand(b, 527, generator=generator))
+
+
+def present(meta: torch.Tensor) -> MetadataBatch:
+    return MetadataBatch(meta, torch.ones(len(meta), dtype=torch.bool))
+
+
+def test_late_fusion_score_is_the_inner_product_of_the_parts(text_encoder) -> None:
     model = model_of("late", text_encoder)
-    frames, lengths = torch.randn(3, 7, 12), torch.tensor([7, 5, 2])
+    audio = batch()
     meta, q = torch.randn(3, text_encoder.dim), torch.randn(4, text_encoder.dim)
     with torch.no_grad():
-        items, queries = model.item_vectors(frames, lengths, meta), model.query_vectors(q)
-        a = model.audio_head(model.audio(frames, lengths)[:, 0])
-        m = model.metadata_head(meta)
-        expected = F.normalize(model.query_head(q), dim=-1) @ F.normalize(a + m, dim=-1).T
-    assert model.segments == [("audio", 16), ("metadata", 16)] and items.shape == (3, 32)
+        items, queries = model.item_vectors(audio, present(meta)), model.query_vectors(q)
+        a = model.head.audio(model.audio(audio.frames, audio.lengths)[:, 0], audio.tags)
+        m = model.head.metadata(meta)
+        expected = F.normalize(model.head.query(q), dim=-1) @ F.normalize(a + m, dim=-1).T
+    assert model.parts == [("audio", 16), ("metadata", 16)] and items.shape == (3, 32)
     torch.testing.assert_close(queries @ items.T, expected)
 
 
 def test_mid_fusion_score_is_the_weighted_sum_of_two_cosines(text_encoder) -> None:
     model = model_of("mid", text_encoder)
-    frames, lengths = torch.randn(3, 7, 12), torch.tensor([7, 5, 2])
+    audio = batch()
     meta, q = torch.randn(3, text_encoder.dim), torch.randn(4, text_encoder.dim)
     with torch.no_grad():
-        items, queries = model.item_vectors(frames, lengths, meta), model.query_vectors(q)
-        tokens = model.audio(frames, lengths, model.metadata_token(meta))
-        a, m = model.audio_head(tokens[:, 0]), model.metadata_head(tokens[:, 1])
-        w = torch.softmax(model.query_weights(q), dim=-1)
-        expected = w[:, :1] * F.cosine_similarity(model.query_audio(q)[:, None], a[None], dim=-1) + w[
-            :, 1:
-        ] * F.cosine_similarity(model.query_metadata(q)[:, None], m[None], dim=-1)
+        items, queries = model.item_vectors(audio, present(meta)), model.query_vectors(q)
+        tokens = model.audio(audio.frames, audio.lengths, model.head.metadata_token(meta)[:, None])
+        a, m = model.head.audio(tokens[:, 0], audio.tags), model.head.metadata(tokens[:, 1])
+        w = torch.softmax(model.head.query_weights(q), dim=-1)
+        q_a, q_m = model.head.query_audio(q), model.head.query_metadata(q)
+        expected = w[:, :1] * F.cosine_similarity(q_a[:, None], a[None], dim=-1) + w[:, 1:] * F.cosine_similarity(
+            q_m[:, None], m[None], dim=-1
+        )
     torch.testing.assert_close(items.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(queries @ items.T, expected)
 
 
 @pytest.mark.parametrize("fusion", ["none", "metadata"])
-def test_single_tower_scores_are_cosines(fusion: str, text_encoder) -> None:
+def test_single_source_scores_are_cosines(fusion: str, text_encoder) -> None:
     model = model_of(fusion, text_encoder)
     with torch.no_grad():
-        items = model.item_vectors(torch.randn(2, 5, 12), torch.tensor([5, 3]), torch.randn(2, text_encoder.dim))
+        items = model.item_vectors(batch(2), present(torch.randn(2, text_encoder.dim)))
         queries = model.query_vectors(torch.randn(3, text_encoder.dim))
-    assert model.segments == [("audio" if fusion == "none" else "metadata", 16)]
+    assert model.parts == [("audio" if fusion == "none" else "metadata", 16)]
     torch.testing.assert_close(items.norm(dim=1), torch.ones(2))
     torch.testing.assert_close(queries.norm(dim=1), torch.ones(3))
 
 
-def test_items_without_metadata_get_the_learned_no_metadata_embedding(text_encoder) -> None:
-    model = model_of("late", text_encoder)
-    _, meta = model.embed_texts(["a query"], ["dog bark", None])
-    torch.testing.assert_close(meta[1], model.no_metadata.detach())
-    torch.testing.assert_close(meta[0], torch.from_numpy(text_encoder.encode(["dog bark"])[0]))
+@pytest.mark.parametrize("fusion", ["late", "mid", "metadata"])
+@pytest.mark.parametrize("init", ["random", "zero-shot"])
+def test_items_without_metadata_get_the_learned_no_metadata_vector(fusion: str, init: str, text_encoder) -> None:
+    model = model_of(fusion, text_encoder, init)
+    q, meta = model.embed_texts(["a query"], ["dog bark", None])
+    assert meta.present.tolist() == [True, False] and torch.all(meta.embeddings[1] == 0)
+    torch.testing.assert_close(meta.embeddings[0], torch.from_numpy(text_encoder.encode(["dog bark"], pooling="mean")[0]))
     model.train()
-    _, meta = model.embed_texts([], [None, "dog bark", None])
-    meta.sum().backward()
-    assert model.no_metadata.grad is not None and torch.all(model.no_metadata.grad == 2)
+    items = model.item_vectors(batch(2) if fusion != "metadata" else None, meta)
+    (model.query_vectors(q) @ items.T).sum().backward()
+    stand_in = model.head.no_metadata if fusion != "mid" or init == "zero-shot" else model.head.no_metadata_token
+    assert stand_in.grad is not None and stand_in.grad.abs().sum() > 0  # trained by metadata dropout
 
 
 def test_encoding_numpy_in_numpy_out_handles_missing_metadata(text_encoder) -> None:
     model = model_of("mid", text_encoder)
     rng = np.random.default_rng(0)
     sequences = [rng.normal(size=(n, 12)).astype(np.float16) for n in (3, 9, 5)]
-    items = model.encode_items(sequences, ["dog", None, "rain on a roof"])
+    tags = rng.random((3, 527)).astype(np.float32)
+    items = model.encode_items(sequences, tags, ["dog", None, "rain on a roof"])
     assert items.dtype == np.float32 and items.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1, rtol=1e-5)
-    one = model.encode_items(sequences[1:2], [None])
+    one = model.encode_items(sequences[1:2], tags[1:2], [None])
     np.testing.assert_allclose(one[0], items[1], atol=1e-5)  # batching and order change nothing
-    examples = model.encode_examples(sequences)
+    examples = model.encode_examples(sequences, tags)
     assert np.all(examples[:, 16:] == 0)
     np.testing.assert_allclose(np.linalg.norm(examples, axis=1), 1, rtol=1e-5)
     assert model.encode_queries(["a dog barks"]).shape == (1, 32)
     assert not model.training
+
+
+def test_a_zero_shot_start_is_the_text_space_with_corrections_at_zero(text_encoder) -> None:
+    model = model_of("late", text_encoder, "zero-shot")
+    assert model.parts == [("audio", text_encoder.dim), ("metadata", text_encoder.dim)]
+    corrections = [p for name, p in model.head.named_parameters() if ".linear." in name]
+    assert corrections and all(torch.all(p == 0) for p in corrections)
+    q = torch.randn(2, text_encoder.dim)
+    with torch.no_grad():  # the query head starts as the identity (then unit length)
+        torch.testing.assert_close(model.query_vectors(q), torch.cat([F.normalize(q, dim=-1)] * 2, 1))
+
+
+def test_the_special_tokens_get_learned_type_embeddings() -> None:
+    torch.manual_seed(0)
+    tower = AudioTower(ModelConfig(**TINY), extra_tokens=1).eval()
+    frames, lengths = torch.randn(1, 4, 12), torch.tensor([4])
+    token = torch.randn(1, 1, 16)
+    before = tower(frames, lengths, token)
+    with torch.no_grad():
+        tower.types[1] += 1.0  # the metadata token's type
+    assert tower.types.shape == (2, 16) and not torch.allclose(tower(frames, lengths, token), before)
 
 
 def test_captions_as_metadata_and_field_selection() -> None:
@@ -169,6 +207,11 @@ def test_captions_as_metadata_and_field_selection() -> None:
         (dict(metadata=("colour",)), "expected some of"),
         (dict(freeze_text=True, separate_text_encoders=True), "only differ when fine-tuned"),
         (dict(width=10, heads=4), "not a multiple"),
+        (dict(width=9, heads=1), "must be even"),
+        (dict(depth="two"), "depth must be int"),
+        (dict(heads=0), "heads must be at least 1"),
+        (dict(init="pretrained"), "unknown init"),
+        (dict(text_pooling="max"), "unknown text pooling"),
     ],
 )
 def test_bad_options_are_refused(options: dict, message: str) -> None:

@@ -22,9 +22,10 @@ from test_index import LIBRARY, MORE, FakeRetriever, make_cache
 from typer.testing import CliRunner
 
 from amr.cache import ClipEmbedding, EmbeddingCache, write_cache
+from amr.checkpoint import checkpoint_spec
 from amr.cli import app
 from amr.errors import AmrError
-from amr.index import RETRIEVER_KINDS, build_index, checkpoint_spec
+from amr.indexing import build_index
 from amr.query import (
     Failure,
     Format,
@@ -36,14 +37,13 @@ from amr.query import (
     open_searcher,
     run_queries,
 )
+from amr.retrievers import RETRIEVER_KINDS
 
 
 @pytest.fixture
 def checkpoints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Fake checkpoints: a file whose text is the model's fingerprint."""
-    monkeypatch.setitem(
-        RETRIEVER_KINDS, "checkpoint", lambda spec: FakeRetriever(Path(spec["path"]).read_text().strip(), spec)
-    )
+    monkeypatch.setitem(RETRIEVER_KINDS, "trained", lambda spec, device: FakeRetriever(Path(spec["path"]).read_text().strip(), spec))
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for name in ("a", "b"):
@@ -58,7 +58,7 @@ def checkpoint_retriever(path: Path) -> FakeRetriever:
 @pytest.fixture
 def searcher(tmp_path: Path, checkpoints: Path) -> Searcher:
     library = make_cache(tmp_path / "library.h5", LIBRARY)
-    build_index(checkpoint_retriever(checkpoints / "a.ckpt"), [library], tmp_path / "index.h5", progress=False)
+    build_index(checkpoint_retriever(checkpoints / "a.ckpt"), [library], tmp_path / "index.h5", show_progress=False)
     return open_searcher(tmp_path / "index.h5")
 
 
@@ -93,7 +93,7 @@ def test_explain_adds_up_to_the_score_and_shows_machine_tags(searcher: Searcher)
         assert len(r.tags) == 5
     assert results[0].id == "dog" and results[0].explain["metadata"] > results[0].explain["audio"]
     record = results[0].record()
-    assert set(record) == {"query", "query_id", "rank", "score", "id", "audio", "metadata", "explain", "tags"}
+    assert set(record) == {"query", "query_id", "rank", "score", "id", "audio", "metadata", "start", "end", "explain", "tags"}
     assert "explain" not in next(run_queries(searcher, texts("dog"), top=1)).record()
 
 
@@ -147,7 +147,7 @@ def test_a_searcher_refuses_a_checkpoint_the_index_was_not_built_with(searcher: 
 
 
 def test_gather_queries_numbers_arguments_and_stdin_lines() -> None:
-    stdin = io.StringIO('dog barking\n\nq7\tbirds at dawn\n{"id": "c1", "text": "a cat", "relevant": ["cat"]}\n{broken\n{"id": 3}\n')
+    stdin = io.BytesIO(b'dog barking\n\nq7\tbirds at dawn\n{"id": "c1", "text": "a cat", "relevant": ["cat"]}\n{broken\n{"id": 3}\n')
     got = list(gather_queries(["first", "-", "last"], [Path("clip.wav")], stdin))
     assert got[:4] == [
         QueryInput("1", "first"),
@@ -160,7 +160,19 @@ def test_gather_queries_numbers_arguments_and_stdin_lines() -> None:
     assert got[6:] == [QueryInput("7", "last"), QueryInput("8", "clip.wav", example=Path("clip.wav"))]
 
 
-RESULT = Result("a\tb", "q1", 1, 0.5, "x\\y", "/a b.wav", {"title": "line\nbreak"}, {"audio": 0.2, "metadata": 0.3}, [("Dog", 0.9)])
+RESULT = Result(
+    "a\tb",
+    "q1",
+    1,
+    0.5,
+    "x\\y",
+    "/a b.wav",
+    {"title": "line\nbreak"},
+    12.5,
+    22.5,
+    explain={"audio": 0.2, "metadata": 0.3},
+    tags=[("Dog", 0.9)],
+)
 
 
 def test_jsonl_and_tsv_writers_round_trip() -> None:
@@ -175,22 +187,35 @@ def test_jsonl_and_tsv_writers_round_trip() -> None:
     writer.write(RESULT)
     header, line = out.getvalue().splitlines()
     assert header.split("\t") == [
-        "query_id", "query", "rank", "score", "id", "audio", "metadata", "explain_audio", "explain_metadata", "tags",
+        "query_id",
+        "query",
+        "rank",
+        "score",
+        "id",
+        "audio",
+        "metadata",
+        "explain_audio",
+        "explain_metadata",
+        "tags",
+        "start",
+        "end",
     ]
     fields = line.split("\t")
     assert fields[:6] == ["q1", "a\\tb", "1", "0.500000", "x\\\\y", "/a b.wav"]
     assert fields[6] == '{"title": "line\\\\nbreak"}'  # the JSON's \n, escaped once more
     assert fields[7:9] == ["0.200000", "0.300000"]
+    assert fields[10:] == ["12.500", "22.500"]
 
 
 def test_table_writer_prints_one_table_per_query() -> None:
     out = io.StringIO()
     writer = make_writer(Format.table, out, None)
-    writer.write(Result("dog barking", "1", 1, 0.9, "dog", "/d.wav", {"title": "dog"}))
-    writer.write(Result("rain", "2", 1, 0.8, "rain", "/r.wav", {}))
+    writer.write(Result("dog barking", "1", 1, 0.9, "dog", "/d.wav", {"title": "dog"}, 0.0, 4.2))
+    writer.write(Result("rain", "2", 1, 0.8, "rain", "/r.wav", {}, 65.0, 75.0))
     writer.close()
     text = out.getvalue()
     assert "[1] dog barking" in text and "[2] rain" in text and "/d.wav" in text
+    assert "0:00.0–0:04.2" in text and "1:05.0–1:15.0" in text
 
 
 # --- the CLI --------------------------------------------------------------------------------
@@ -228,7 +253,10 @@ def test_cli_query_prints_jsonl_to_a_pipe_from_the_latest_index(workspace: Path)
         "id": "dog",
         "audio": "/sounds/dog.wav",
         "metadata": {"title": "dog barking in the rain"},
+        "start": 0.0,
+        "end": records[0]["end"],
     }
+    assert records[0]["end"] > 0
     assert result.stderr == ""
 
 
@@ -260,10 +288,10 @@ def test_cli_tsv_and_explain(workspace: Path) -> None:
 def test_cli_index_append_and_refusal(workspace: Path, checkpoints: Path, tmp_path: Path) -> None:
     more = make_cache(tmp_path / "more.h5", MORE, seed=1)
     refused = runner.invoke(app, ["index", str(more), "--append", "-c", str(checkpoints / "b.ckpt"), "-w", str(workspace)])
-    assert refused.exit_code == 1 and "fingerprint fake-a" in str(refused.exception)
+    assert refused.exit_code == 1 and "fingerprint fake-a" in refused.stderr
     result = runner.invoke(app, ["index", str(more), "--append", "--split", "test", "-w", str(workspace)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) | {"index": None} == {"index": None, "items": 6, "added": 2, "replaced": 1, "ann": None}
+    assert json.loads(result.stdout) | {"index": None} == {"index": None, "items": 6, "rows": 6, "added": 2, "replaced": 1, "ann": None}
     query = runner.invoke(app, ["query", "small dog yapping", "-k", "1", "-w", str(workspace)])
     assert jsonl(query.stdout)[0]["audio"] == "/more/dog2.wav"
 
@@ -283,9 +311,9 @@ def test_cli_index_ann_builds_an_approximate_index_queries_use(workspace: Path, 
 
 def test_cli_query_without_queries_or_index_says_what_to_do(tmp_path: Path) -> None:
     empty = runner.invoke(app, ["query", "-w", str(tmp_path)])
-    assert empty.exit_code == 1 and "no queries" in str(empty.exception)
+    assert empty.exit_code == 1 and "no queries" in empty.stderr
     missing = runner.invoke(app, ["query", "dog", "-w", str(tmp_path)])
-    assert missing.exit_code == 1 and "run `amr index` first" in str(missing.exception)
+    assert missing.exit_code == 1 and "run `amr index` first" in missing.stderr
 
 
 # --- real data: extract → train → index → query ----------------------------------------------
@@ -293,9 +321,15 @@ def test_cli_query_without_queries_or_index_says_what_to_do(tmp_path: Path) -> N
 # Ten real clips of shared/data/sounds: animals with their recording titles,
 # two ESC-50 recordings cut in two, and a clip without metadata.
 REAL = [
-    "bigsoundbank-dog", "bigsoundbank-cat", "bigsoundbank-cow", "bigsoundbank-rooster", "bigsoundbank-pig",
-    "esc50-2-104105-A-19", "esc50-2-104105-B-19",  # thunderstorm
-    "esc50-2-104952-A-16", "esc50-2-104952-B-16",  # wind
+    "bigsoundbank-dog",
+    "bigsoundbank-cat",
+    "bigsoundbank-cow",
+    "bigsoundbank-rooster",
+    "bigsoundbank-pig",
+    "esc50-2-104105-A-19",
+    "esc50-2-104105-B-19",  # thunderstorm
+    "esc50-2-104952-A-16",
+    "esc50-2-104952-B-16",  # wind
     "freesound-typing",  # no metadata
 ]
 TINY_MODEL = "--freeze-text --epochs 20 --lr 1e-3 --width 32 --depth 1 --heads 2 --ff 64 --batch-size 4".split()
@@ -327,7 +361,10 @@ def real(shared: Path, mn04_weights: Path, tmp_path_factory: pytest.TempPathFact
             if row["id"] in REAL:
                 f.write(json.dumps({**row, "audio": str(sounds / row["audio"]), "split": "train"}) + "\n")
     ws = root / "ws"
-    extracted = runner.invoke(app, ["extract", str(root / "sounds"), "--audio-weights", str(mn04_weights), "--workers", "1", "-w", str(ws)])
+    extracted = runner.invoke(
+        app,
+        ["extract", str(root / "sounds"), "--allow-outside-root", "--audio-weights", str(mn04_weights), "--workers", "1", "-w", str(ws)],
+    )
     assert extracted.exit_code == 0, extracted.output
     cache = with_validation_copies(Path(json.loads(extracted.stdout)["cache"]), root / "train.h5")
     threads = torch.get_num_threads()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 from pathlib import Path
 from urllib.error import URLError
@@ -12,7 +13,7 @@ import pytest
 
 from amr import weights
 from amr.errors import AmrError
-from amr.weights import WEIGHTS, ResolvedWeights, file_sha256, load_audio_model, resolve_weights
+from amr.weights import EFFICIENTAT_AUDIO, WEIGHTS, ResolvedWeights, load_audio_model, resolve_weights
 
 MN04 = WEIGHTS["mn04_as"]
 
@@ -82,12 +83,39 @@ def test_offline_names_the_file_and_where_to_put_it(network: FakeNetwork) -> Non
     assert entry.url in message and "--audio-weights" in message and "$AMR_WEIGHTS_DIR" in message
 
 
-def test_unknown_hash_is_computed_not_checked(network: FakeNetwork) -> None:
-    entry = WEIGHTS["mn10_as"]
+def test_unknown_hash_is_computed_not_checked_and_says_so(network: FakeNetwork, capsys: pytest.CaptureFixture[str]) -> None:
+    entry = WEIGHTS["mn20_as"]
+    assert entry.sha256 is None
     network.files[entry.url] = b"some other bytes"
-    resolved = resolve_weights("mn10_as")
-    assert resolved.sha256 == hashlib.sha256(b"some other bytes").hexdigest()
-    assert resolved.width == 1.0
+    resolved = resolve_weights("mn20_as")
+    digest = hashlib.sha256(b"some other bytes").hexdigest()
+    assert resolved.sha256 == digest
+    assert resolved.width == 2.0
+    warning = capsys.readouterr().err
+    assert "cannot verify this file" in warning and entry.file in warning and digest in warning
+    resolve_weights("mn20_as")  # once per file: the cached copy is not warned about again
+    assert "cannot verify" not in capsys.readouterr().err
+
+
+def test_known_hashes_are_checked(network: FakeNetwork, capsys: pytest.CaptureFixture[str]) -> None:
+    """mn10_as's sha256 is pinned (the digest public projects record for the release file):
+    other bytes under its name are refused; mn04_as verifies silently."""
+    entry = WEIGHTS["mn10_as"]
+    assert entry.sha256 == "0bd7dc2443af498c289a2e739f02ebb515d6aa3fd3ab9db539c86123ae368a4e"
+    network.files[entry.url] = b"some other bytes"
+    with pytest.raises(AmrError, match="the download has sha256 .* expected 0bd7dc24"):
+        resolve_weights("mn10_as")
+    assert all(len(e.sha256 or "") in (0, 64) for e in WEIGHTS.values())
+
+
+def test_settings_travel_with_the_weights(mn04_weights: Path) -> None:
+    """Sample rate, mel front end, window, stride and embedding size come from the registry entry."""
+    resolved = resolve_weights("mn04_as", mn04_weights)
+    assert resolved.audio == WEIGHTS["mn04_as"].audio == EFFICIENTAT_AUDIO
+    audio = resolved.audio
+    assert (audio.sample_rate, audio.mel.hop_length, audio.mel.n_mels, audio.window_seconds) == (32000, 320, 128, 10.0)
+    assert audio.window_frames == 1000 and audio.model_stride == 32 and audio.frame_rate == 3.125
+    assert resolved.embed_dim == load_audio_model(resolved).embed_dim == 384
 
 
 def test_cached_file_needs_no_network(network: FakeNetwork, mn04_weights: Path, tmp_path: Path) -> None:
@@ -107,9 +135,7 @@ def test_corrupt_cached_file_is_rejected(network: FakeNetwork, mn04_bytes: bytes
         resolve_weights("mn04_as")
 
 
-def test_weights_dir_comes_first(
-    network: FakeNetwork, monkeypatch: pytest.MonkeyPatch, mn04_weights: Path, tmp_path: Path
-) -> None:
+def test_weights_dir_comes_first(network: FakeNetwork, monkeypatch: pytest.MonkeyPatch, mn04_weights: Path, tmp_path: Path) -> None:
     folder = tmp_path / "my weights"
     folder.mkdir()
     shutil.copy(mn04_weights, folder / MN04.file)
@@ -153,9 +179,13 @@ def test_mismatched_state_dict_names_the_file(mn04_weights: Path) -> None:
         load_audio_model(wrong_width)
 
 
-def test_hash_follows_file_changes(tmp_path: Path) -> None:
-    path = tmp_path / "w.pt"
-    path.write_bytes(b"one")
-    assert file_sha256(path) == hashlib.sha256(b"one").hexdigest()
-    path.write_bytes(b"three")
-    assert file_sha256(path) == hashlib.sha256(b"three").hexdigest()
+def test_a_replaced_file_is_hashed_again(network: FakeNetwork, mn04_bytes: bytes, tmp_path: Path) -> None:
+    cached = tmp_path / "cache/amr" / MN04.file
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(mn04_bytes)
+    assert resolve_weights("mn04_as").sha256 == MN04.sha256
+    mtime = cached.stat().st_mtime_ns
+    cached.write_bytes(_corrupt(mn04_bytes))
+    os.utime(cached, ns=(mtime + 10**9, mtime + 10**9))  # a replacement a second later (the clock may be coarser than this test)
+    with pytest.raises(AmrError, match="is not that of"):
+        resolve_weights("mn04_as")

@@ -117,7 +117,9 @@ def test_cli_zero_shot_index_query_and_three_row_evaluation(sounds_cache: Path, 
     found = runner.invoke(app, ["query", "dog barking", "-i", str(index), "--top", "1", "--format", "jsonl"])
     assert found.exit_code == 0, found.output
     assert json.loads(found.stdout)["id"] == "bigsoundbank-dog"
-    scored = runner.invoke(app, ["evaluate", "--zero-shot", "--ablate", "--cache", str(sounds_cache), "--split", "all", "--json", "-w", str(tmp_path)])
+    scored = runner.invoke(
+        app, ["evaluate", "--zero-shot", "--ablate", "--cache", str(sounds_cache), "--split", "all", "--json", "-w", str(tmp_path)]
+    )
     assert scored.exit_code == 0, scored.output
     summary = json.loads(scored.stdout.strip().splitlines()[-1])
     mean_ap = {model["name"]: model["metrics"]["mAP@10"] for model in summary["models"]}

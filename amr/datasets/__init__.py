@@ -6,7 +6,9 @@ Layouts, detected in this order:
 - ``generic``: ``items.jsonl`` or ``items.csv`` (see `amr.datasets.generic`);
 - ``clotho``: ``clotho_captions_*.csv`` (see `amr.datasets.clotho`);
 - ``audiocaps``: ``train.csv``/``val.csv``/``test.csv`` with an audiocap_id
-  column (see `amr.datasets.audiocaps`).
+  column (see `amr.datasets.audiocaps`);
+- ``folder``: no manifest, any audio files under the root; metadata from file
+  and folder names and embedded tags (see `amr.datasets.folder`).
 
 A ``queries.jsonl`` beside any of them adds explicit queries (`Dataset.queries`).
 
@@ -15,10 +17,18 @@ With ``lenient=True`` each bad row (or query) is dropped and its message, the
 same text, goes to ``on_skip`` (by default a line on stderr). Splits are
 train/val/test; the synonyms training/development → train,
 valid/validation/dev → val and eval/evaluation → test are accepted.
+
+Text manifests are read as UTF-8 where they are, else in ``encoding`` (the
+encoding of those that are not); without one, a CSV that is not UTF-8 is read
+as Windows-1252 (else Latin-1) with a warning naming the file. Manifest
+audio paths must stay inside the dataset folder unless ``allow_outside_root``
+(see `amr.datasets.common.existing_file`). Every item records its audio file's
+size and modification time (`Item.audio_size`, `Item.audio_mtime_ns`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +36,22 @@ from pathlib import Path
 from amr.errors import AmrError
 from amr.items import Dataset, Item, Query
 
-from . import audiocaps, clotho, generic
-from .common import Problems, SkipHandler
+from . import audiocaps, clotho, folder, generic
+from .common import Problems, ReadOptions, SkipHandler, check_encoding
 
 
 @dataclass(frozen=True)
 class Layout:
     detect: Callable[[Path], bool]
-    read_items: Callable[[Path, Problems], list[Item]]
+    read_items: Callable[[Path, ReadOptions], list[Item]]
 
 
+# In detection order: a manifest wins over the plain folder of audio it describes.
 LAYOUTS: dict[str, Layout] = {
     "generic": Layout(generic.detect, generic.read_items),
     "clotho": Layout(clotho.detect, clotho.read_items),
     "audiocaps": Layout(audiocaps.detect, audiocaps.read_items),
+    "folder": Layout(folder.detect, folder.read_items),
 }
 
 
@@ -50,7 +62,7 @@ def detect_layout(root: Path) -> str:
             return name
     raise AmrError(
         f"{root}: no known dataset layout (looked for items.jsonl or items.csv, "
-        "clotho_captions_*.csv, AudioCaps train.csv/val.csv/test.csv)"
+        "clotho_captions_*.csv, AudioCaps train.csv/val.csv/test.csv, and audio files)"
     )
 
 
@@ -59,21 +71,44 @@ def load_dataset(
     layout: str | None = None,
     lenient: bool = False,
     on_skip: SkipHandler | None = None,
+    encoding: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Dataset:
-    """Read the dataset in ``root``, detecting its layout unless one is named."""
+    """Read the dataset in ``root``, detecting its layout unless one is named.
+
+    ``encoding`` is that of its manifest files that are not UTF-8 (default:
+    a guess, with a warning); ``allow_outside_root`` accepts manifest audio
+    paths outside ``root`` (absolute, or climbing out with ``..``)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise AmrError(f"{root}: not a directory")
+    check_encoding(encoding)
     name = layout or detect_layout(root)
     if name not in LAYOUTS:
         raise AmrError(f"unknown dataset layout {name!r} (known: {', '.join(LAYOUTS)})")
     problems = Problems(lenient, on_skip)
-    items = LAYOUTS[name].read_items(root, problems)
+    items = _stamped(LAYOUTS[name].read_items(root, ReadOptions(problems, encoding, allow_outside_root)), problems)
     if not items:
         raise AmrError(f"{root}: no items ({name} layout)")
     queries_path = root / generic.QUERIES_JSONL
-    queries = generic.read_queries(queries_path, {item.id for item in items}, problems) if queries_path.is_file() else []
+    known = {item.id for item in items}
+    queries = generic.read_queries(queries_path, known, problems, encoding) if queries_path.is_file() else []
     return Dataset(root.name, root, items, queries)
+
+
+def _stamped(items: list[Item], problems: Problems) -> list[Item]:
+    """The items with their audio file's size and modification time filled in
+    (one stat each); a file gone since it was listed is reported."""
+    kept = []
+    for item in items:
+        try:
+            stat = os.stat(item.audio)
+        except OSError as e:
+            problems.report(item.audio, f"audio file cannot be read ({e.strerror})")
+            continue
+        item.audio_size, item.audio_mtime_ns = stat.st_size, stat.st_mtime_ns
+        kept.append(item)
+    return kept
 
 
 def load_queries(
@@ -81,12 +116,14 @@ def load_queries(
     known_ids: set[str] | None = None,
     lenient: bool = False,
     on_skip: SkipHandler | None = None,
+    encoding: str | None = None,
 ) -> list[Query]:
     """Queries from a standalone queries.jsonl; with ``known_ids`` every relevant id must be one."""
     path = Path(path)
     if not path.is_file():
         raise AmrError(f"{path}: no such file")
-    return generic.read_queries(path, known_ids, Problems(lenient, on_skip))
+    check_encoding(encoding)
+    return generic.read_queries(path, known_ids, Problems(lenient, on_skip), encoding)
 
 
 __all__ = ["LAYOUTS", "Layout", "SkipHandler", "detect_layout", "load_dataset", "load_queries"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from amr.errors import AmrError
 from amr.items import SPLITS, Item
 
-from .common import Problems, RowError, read_csv
+from .common import Problems, ReadOptions, RowError, read_csv
 
 CSV_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -46,9 +46,10 @@ class _Clip:
     captions: list[str] = field(default_factory=list)
 
 
-def read_items(root: Path, problems: Problems) -> list[Item]:
-    clips = _read_clips(root, problems)
-    tags = _read_tags(root, set(clips), problems)
+def read_items(root: Path, options: ReadOptions) -> list[Item]:
+    problems = options.problems
+    clips = _read_clips(root, problems, options.encoding)
+    tags = _read_tags(root, set(clips), problems, options.encoding)
     finder = _AudioFinder(root)
     items = []
     for youtube_id, clip in clips.items():
@@ -65,13 +66,13 @@ def read_items(root: Path, problems: Problems) -> list[Item]:
     return items
 
 
-def _read_clips(root: Path, problems: Problems) -> dict[str, _Clip]:
+def _read_clips(root: Path, problems: Problems, encoding: str | None) -> dict[str, _Clip]:
     paths = [(split, root / f"{split}.csv") for split in SPLITS if (root / f"{split}.csv").is_file()]
     if not paths:
         raise AmrError(f"{root}: none of {', '.join(f'{split}.csv' for split in SPLITS)} exists")
     clips: dict[str, _Clip] = {}
     for split, path in paths:
-        for line, row in read_csv(path, CSV_COLUMNS, problems):
+        for line, row in read_csv(path, CSV_COLUMNS, problems, encoding):
             where, youtube_id, caption = f"{path}:{line}", row["youtube_id"], row["caption"]
             clip = clips.get(youtube_id)
             if not youtube_id:
@@ -119,7 +120,7 @@ class _AudioFinder:
         return self._listings[folder]
 
 
-def _read_tags(root: Path, wanted: set[str], problems: Problems) -> dict[str, list[str]]:
+def _read_tags(root: Path, wanted: set[str], problems: Problems, encoding: str | None) -> dict[str, list[str]]:
     """youtube id → AudioSet display names, for the wanted ids; {} without segment CSVs."""
     segment_paths = [root / name for name in SEGMENT_FILES if (root / name).is_file()]
     if not segment_paths:
@@ -127,25 +128,33 @@ def _read_tags(root: Path, wanted: set[str], problems: Problems) -> dict[str, li
     labels_path = root / CLASS_LABELS
     if not labels_path.is_file():
         raise AmrError(f"{segment_paths[0]}: its labels are AudioSet mids, but {CLASS_LABELS} (which names them) is missing")
-    names = _class_names(labels_path, problems)
+    names = _class_names(labels_path, problems, encoding)
     tags: dict[str, list[str]] = {}
     for path in segment_paths:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.startswith("#") or not line.strip():
-                    continue
-                youtube_id = line.split(",", 1)[0].strip()
-                if youtube_id not in wanted:
-                    continue
-                labels = problems.attempt(f"{path}:{number}", _segment_labels, line, names)
-                if labels:
-                    tags[youtube_id] = list(dict.fromkeys(tags.get(youtube_id, []) + labels))
+        try:
+            _add_segment_tags(path, wanted, names, tags, problems)
+        except UnicodeDecodeError as e:
+            raise AmrError(f"{path}: not UTF-8 ({e.reason}), as AudioSet's segment files are") from None
     return tags
 
 
-def _class_names(path: Path, problems: Problems) -> dict[str, str]:
+def _add_segment_tags(path: Path, wanted: set[str], names: dict[str, str], tags: dict[str, list[str]], problems: Problems) -> None:
+    """Streamed line by line (the unbalanced segment file has two million lines), as UTF-8."""
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if line.startswith("#") or not line.strip():
+                continue
+            youtube_id = line.split(",", 1)[0].strip()
+            if youtube_id not in wanted:
+                continue
+            labels = problems.attempt(f"{path}:{number}", _segment_labels, line, names)
+            if labels:
+                tags[youtube_id] = list(dict.fromkeys(tags.get(youtube_id, []) + labels))
+
+
+def _class_names(path: Path, problems: Problems, encoding: str | None) -> dict[str, str]:
     names: dict[str, str] = {}
-    for line, row in read_csv(path, ("mid", "display_name"), problems):
+    for line, row in read_csv(path, ("mid", "display_name"), problems, encoding):
         if row["mid"] and row["display_name"]:
             names[row["mid"]] = row["display_name"]
         else:

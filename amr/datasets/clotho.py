@@ -12,7 +12,7 @@ from pathlib import Path
 from amr.errors import AmrError
 from amr.items import SPLITS, Item
 
-from .common import Problems, RowError, normalise_split, read_csv, text_list
+from .common import Problems, ReadOptions, RowError, existing_file, normalise_split, read_csv, text_list
 
 CAPTIONS_PREFIX = "clotho_captions_"
 METADATA_PREFIX = "clotho_metadata_"
@@ -22,14 +22,15 @@ def detect(root: Path) -> bool:
     return any(root.glob(f"{CAPTIONS_PREFIX}*.csv"))
 
 
-def read_items(root: Path, problems: Problems) -> list[Item]:
+def read_items(root: Path, options: ReadOptions) -> list[Item]:
+    problems = options.problems
     files = _captions_files(root)
     items: list[Item] = []
     first_seen: dict[str, str] = {}
     for name, split, captions_path in files:
-        rows, listed = _caption_rows(captions_path, problems)
+        rows, listed = _caption_rows(captions_path, problems, options.encoding)
         metadata_path = root / f"{METADATA_PREFIX}{name}.csv"
-        keywords = _keywords(metadata_path, captions_path, listed, problems)
+        keywords = _keywords(metadata_path, captions_path, listed, problems, options.encoding)
         folder = _audio_folder(root, name)
         if folder is None:
             problems.report(
@@ -42,13 +43,12 @@ def read_items(root: Path, problems: Problems) -> list[Item]:
             if file_name in first_seen:
                 problems.report(where, f"duplicate file_name {file_name!r} (first at {first_seen[file_name]})")
                 continue
-            audio = folder / file_name
-            if not audio.is_file():
-                problems.report(where, f"audio file not found: {audio}")
+            audio = problems.attempt(where, existing_file, root, f"{folder.name}/{file_name}", options.allow_outside_root)
+            if audio is None:
                 continue
             first_seen[file_name] = where
             metadata: dict[str, str | list[str]] = {"keywords": keywords[file_name]} if keywords.get(file_name) else {}
-            items.append(Item(file_name, str(audio), split, metadata, captions))
+            items.append(Item(file_name, audio, split, metadata, captions))
     return items
 
 
@@ -67,10 +67,10 @@ def _captions_files(root: Path) -> list[tuple[str, str, Path]]:
     return sorted(files, key=lambda file: (SPLITS.index(file[1]), file[0]))
 
 
-def _caption_rows(path: Path, problems: Problems) -> tuple[list[tuple[int, str, list[str]]], set[str]]:
+def _caption_rows(path: Path, problems: Problems, encoding: str | None) -> tuple[list[tuple[int, str, list[str]]], set[str]]:
     """(line, file_name, captions) per valid row, and every file name listed."""
     rows, listed = [], set()
-    for line, row in read_csv(path, ("file_name", "caption_1"), problems):
+    for line, row in read_csv(path, ("file_name", "caption_1"), problems, encoding):
         file_name = row["file_name"]
         listed.add(file_name)
         captions = [value for column, value in row.items() if column.startswith("caption_") and value]
@@ -83,13 +83,13 @@ def _caption_rows(path: Path, problems: Problems) -> tuple[list[tuple[int, str, 
     return rows, listed
 
 
-def _keywords(path: Path, captions_path: Path, listed: set[str], problems: Problems) -> dict[str, list[str]]:
+def _keywords(path: Path, captions_path: Path, listed: set[str], problems: Problems, encoding: str | None) -> dict[str, list[str]]:
     """file_name → keywords from a metadata CSV, if there is one; every file it
     names must be in the captions file (a mismatch means the two disagree)."""
     if not path.is_file():
         return {}
     keywords: dict[str, list[str]] = {}
-    for line, row in read_csv(path, ("file_name", "keywords"), problems):
+    for line, row in read_csv(path, ("file_name", "keywords"), problems, encoding):
         where, file_name = f"{path}:{line}", row["file_name"]
         if not file_name:
             problems.report(where, "empty file_name")

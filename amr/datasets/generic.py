@@ -7,7 +7,9 @@ items.jsonl, one object per line::
      "metadata": {"keywords": ["dog"], "tags": [], "title": "", "description": ""},
      "captions": ["a dog barks"]}
 
-``audio`` is relative to the folder (or absolute); ``split`` defaults to train;
+``audio`` is relative to the folder (an absolute path, or one that climbs out
+with ``..``, is refused unless ``allow_outside_root``; see
+`amr.datasets.common.existing_file`); ``split`` defaults to train;
 ``metadata`` (any subset of its four fields) and ``captions`` are optional;
 other keys (e.g. ``source``) are ignored. items.csv has the columns id, audio,
 split, keywords, tags, title, description, captions, lists ``;``-separated.
@@ -27,6 +29,7 @@ from amr.items import METADATA_FIELDS, Item, Query
 from .common import (
     LIST_SEPARATOR,
     Problems,
+    ReadOptions,
     RowError,
     existing_file,
     json_type,
@@ -47,15 +50,15 @@ def detect(root: Path) -> bool:
     return (root / ITEMS_JSONL).is_file() or (root / ITEMS_CSV).is_file()
 
 
-def read_items(root: Path, problems: Problems) -> list[Item]:
+def read_items(root: Path, options: ReadOptions) -> list[Item]:
     jsonl, table = root / ITEMS_JSONL, root / ITEMS_CSV
     if jsonl.is_file() and table.is_file():
         raise AmrError(f"{root}: both {ITEMS_JSONL} and {ITEMS_CSV} exist; keep one")
     if jsonl.is_file():
-        return _collect(jsonl, read_jsonl(jsonl, problems), root, problems)
+        return _collect(jsonl, read_jsonl(jsonl, options.problems, options.encoding), root, options)
     if table.is_file():
-        rows = read_csv(table, ("id", "audio"), problems)
-        return _collect(table, ((line, _csv_record(row)) for line, row in rows), root, problems)
+        rows = read_csv(table, ("id", "audio"), options.problems, options.encoding)
+        return _collect(table, ((line, _csv_record(row)) for line, row in rows), root, options)
     raise AmrError(f"{root}: neither {ITEMS_JSONL} nor {ITEMS_CSV} exists")
 
 
@@ -72,14 +75,13 @@ def _csv_record(row: dict[str, str]) -> dict[str, Any]:
     return record
 
 
-def _collect(
-    path: Path, records: Iterable[tuple[int, dict[str, Any]]], root: Path, problems: Problems
-) -> list[Item]:
+def _collect(path: Path, records: Iterable[tuple[int, dict[str, Any]]], root: Path, options: ReadOptions) -> list[Item]:
+    problems = options.problems
     items: list[Item] = []
     first_line: dict[str, int] = {}
     for line, record in records:
         where = f"{path}:{line}"
-        item = problems.attempt(where, _item, record, root)
+        item = problems.attempt(where, _item, record, root, options.allow_outside_root)
         if item is None:
             continue
         if item.id in first_line:
@@ -90,22 +92,22 @@ def _collect(
     return items
 
 
-def _item(record: dict[str, Any], root: Path) -> Item:
+def _item(record: dict[str, Any], root: Path, allow_outside_root: bool) -> Item:
     split = record.get("split")
     return Item(
         id=required_text(record, "id"),
-        audio=existing_file(root, required_text(record, "audio")),
+        audio=existing_file(root, required_text(record, "audio"), allow_outside_root),
         split="train" if split is None else normalise_split(split),
         metadata=normalise_metadata(record.get("metadata")),
         captions=normalise_captions(record.get("captions")),
     )
 
 
-def read_queries(path: Path, known_ids: set[str] | None, problems: Problems) -> list[Query]:
+def read_queries(path: Path, known_ids: set[str] | None, problems: Problems, encoding: str | None = None) -> list[Query]:
     """Queries from a queries.jsonl; with ``known_ids``, every relevant id must be one."""
     queries: list[Query] = []
     first_line: dict[str, int] = {}
-    for line, record in read_jsonl(path, problems):
+    for line, record in read_jsonl(path, problems, encoding):
         where = f"{path}:{line}"
         query = problems.attempt(where, _query, record, known_ids)
         if query is None:

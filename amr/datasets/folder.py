@@ -1,0 +1,188 @@
+"""The folder layout: a plain tree of audio files with no manifest, a sound
+library as people keep one. Its metadata comes from the file and folder names
+and the tags embedded in the files (`amr.datasets.tags`).
+
+Files: every file under the root, recursively, whose suffix (any case) is one
+of AUDIO_SUFFIXES or OTHER_AUDIO_SUFFIXES, in order of id. Names starting with
+``.`` (hidden files and folders, macOS ``._`` companions) are left out.
+Symbolic links are followed, each folder once by its real path, so a link
+loop, or a link to a folder above the root, is not walked again. Each file is
+opened with the decoder (header only) before it becomes an item: a file it
+cannot read (an ``.m4a``, which libsndfile does not decode; a text file named
+``.wav``; an empty file) is left out and reported through ``on_skip`` — in
+strict mode too, as a sound library is not a manifest someone wrote and one
+odd file should not stop it. So are names that are not valid UTF-8 (they could
+not be stored) and folders that cannot be listed.
+
+An item's id is its path relative to the root, with ``/`` separators.
+
+Split: ``train`` for every file, unless the root holds only folders (no audio
+files of its own), each named after a split or a synonym (train, val,
+validation, test, eval, ...; see `amr.datasets.common.SPLIT_SYNONYMS`), and
+they name at least two different splits: then each file is in its top
+folder's split (and that folder is not a keyword).
+
+Metadata, each field only where there is one:
+
+- ``title``: the embedded title, else the file name cleaned (`clean_name`);
+- ``keywords``: the folders between the root and the file (each cleaned the
+  same way), then the embedded keywords and genres; repeated ones (ignoring
+  case) once;
+- ``description``: the embedded description or comment.
+
+A file whose tags cannot be read keeps its name-derived metadata, with a
+warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import soundfile as sf
+
+from amr.console import warn
+from amr.items import Item
+
+from .common import SPLIT_SYNONYMS, Problems, ReadOptions, encodable
+from .tags import TagError, read_tags, usable
+
+AUDIO_SUFFIXES = (".wav", ".wave", ".bwf", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc")
+# Audio that libsndfile (1.2) does not decode: listed so that such files are reported, not silently passed over.
+OTHER_AUDIO_SUFFIXES = (".m4a", ".mp4", ".aac", ".wma", ".ape", ".wv")
+
+# Counters people and tools append to a name, removed from its end one at a time.
+_COUNTERS = (
+    re.compile(r"\s*[(\[]\d+[)\]]$"),  # "rain (2)", "rain [3]": copies
+    re.compile(r"(?:^|[\s_.-]+)(?:take|tk)[\s_.-]*\d+$", re.IGNORECASE),  # "door take 3", "door_Take02"
+    re.compile(r"[_.-]+\d+$"),  # "dog_01", "dog-002", "lava.1" (but "Boeing 747" keeps its number)
+)
+
+
+def detect(root: Path) -> bool:
+    """Whether any audio file is under ``root`` (stops at the first)."""
+    return next(_candidates(root, None), None) is not None
+
+
+def read_items(root: Path, options: ReadOptions) -> list[Item]:
+    problems = options.problems
+    files = [relative for relative in sorted(_candidates(root, problems)) if _decodable(root, relative, problems)]
+    splits = _split_folders(files)
+    return [_item(root, relative, splits) for relative in files]
+
+
+def clean_name(name: str) -> str | None:
+    """A file or folder name as words: trailing counters removed (see
+    _COUNTERS; never down to nothing), underscores and dashes made spaces;
+    None if no letter is left (``001``, ``2019-05-01``)."""
+    text, changed = name, True
+    while changed:
+        changed = False
+        for pattern in _COUNTERS:
+            shorter = pattern.sub("", text, count=1)
+            if shorter != text and shorter.strip(" _.-"):
+                text, changed = shorter, True
+                break
+    text = " ".join(re.sub(r"[_-]+", " ", text).split())
+    return text if any(c.isalpha() for c in text) else None
+
+
+def _item(root: Path, relative: str, splits: dict[str, str]) -> Item:
+    *folders, name = relative.split("/")
+    split = splits[folders.pop(0)] if splits else "train"
+    keywords = [word for word in map(clean_name, folders) if word]
+    path = root / relative
+    title = description = None
+    try:
+        tags = read_tags(path)
+    except TagError as e:
+        warn(f"{path}: its tags cannot be read ({e}); using the file and folder names")
+    else:
+        keywords += usable(tags.keywords)
+        title, description = tags.title, tags.description
+    first_spelling: dict[str, str] = {}
+    for word in keywords:
+        first_spelling.setdefault(word.lower(), word)
+    metadata: dict[str, str | list[str]] = {}
+    if first_spelling:
+        metadata["keywords"] = list(first_spelling.values())
+    title = title or clean_name(Path(name).stem)
+    if title:
+        metadata["title"] = title
+    if description:
+        metadata["description"] = description
+    return Item(relative, str(path), split, metadata)
+
+
+def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
+    """Relative paths of the files with an audio suffix, depth first in name
+    order; what is left out is reported to ``problems`` (if given)."""
+    suffixes = AUDIO_SUFFIXES + OTHER_AUDIO_SUFFIXES
+    root_real = Path(os.path.realpath(root))
+    visited: set[Path] = set()
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        folder = root / relative
+        real = Path(os.path.realpath(folder))
+        if real in visited or (relative and root_real.is_relative_to(real)):
+            continue  # reached again through a link, or a link to a folder above the root
+        visited.add(real)
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as e:
+            if problems:
+                problems.skip(str(folder), f"folder cannot be listed ({e.strerror}); left out")
+            continue
+        subfolders = []
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            if entry.name.startswith("."):
+                continue
+            if not encodable(entry.name):
+                if problems:
+                    shown = os.fsencode(root / path).decode("utf-8", "backslashreplace")
+                    problems.skip(shown, "name is not valid UTF-8, so it cannot be stored; rename it to include it")
+            elif entry.is_dir():
+                subfolders.append(path)
+            elif entry.name.lower().endswith(suffixes):
+                if entry.is_file():
+                    yield path
+                elif problems:
+                    problems.skip(str(root / path), "not a regular file (a broken link?); left out")
+        pending.extend(reversed(subfolders))
+
+
+def _decodable(root: Path, relative: str, problems: Problems) -> bool:
+    """Whether the decoder opens the file (it reads the header only)."""
+    path = root / relative
+    try:
+        if path.stat().st_size == 0:
+            problems.skip(str(path), "empty file (0 bytes); left out")
+            return False
+        sf.info(str(path))
+    except sf.SoundFileError as e:
+        if path.suffix.lower() in OTHER_AUDIO_SUFFIXES:
+            reason = f"{path.suffix} cannot be decoded (amr reads WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF); convert it, e.g. to FLAC"
+        else:
+            reason = f"not audio the decoder can read ({getattr(e, 'error_string', None) or e}); left out"
+        problems.skip(str(path), reason)
+        return False
+    except OSError as e:
+        problems.skip(str(path), f"cannot be read ({e.strerror}); left out")
+        return False
+    return True
+
+
+def _split_folders(files: list[str]) -> dict[str, str]:
+    """Top folder → split, if the files follow the split-folder convention (see the module docstring), else {}."""
+    tops = {relative.split("/", 1)[0] for relative in files}
+    if any("/" not in relative for relative in files):
+        return {}
+    splits = {top: SPLIT_SYNONYMS.get(top.lower()) for top in tops}
+    if None in splits.values() or len(set(splits.values())) < 2:
+        return {}
+    return {top: split for top, split in splits.items() if split}

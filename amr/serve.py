@@ -1,0 +1,330 @@
+"""`amr serve`: a local web page and JSON API to search an index and listen to what it finds.
+
+A thin layer over amr.query: the index and its retriever are loaded once (a
+`Searcher`), and text and clip queries rank through `run_queries`, with the
+score split and machine tags of ``amr query --explain``. Endpoints (JSON unless said)::
+
+    GET  /                          the page (amr/resources/web: one HTML file, its script and style)
+    GET  /api/info                  the index: items, segments, kind of model, fusion, parts
+    GET  /api/search?q=&offset=&limit=         ranked results of a text query
+    POST /api/search/audio?offset=&limit=      results for a clip sent as multipart field "file"
+    GET  /api/similar?id=&start=&offset=&limit= items that sound like one segment of an indexed item
+    GET  /api/item?id=              one item: metadata, captions, segments with machine tags
+    GET  /api/audio?id=             the item's audio file (HTTP Range requests: 206 partial content)
+
+A result is a record of ``amr query --format jsonl --explain`` without the
+query fields (those head the response) plus ``audio_url``: its ``explain``
+splits the score into what the audio and the metadata part contributed
+(part-wise inner products that add up to the score; for a clip or "similar",
+the one audio cosine), ``start``/``end`` are the matching segment in seconds.
+Results are paged by ``offset`` and ``limit``: a page is the ranks
+offset+1 … offset+limit of one ranking of every item.
+
+"Similar" ranks by the item's own vector, not its audio file: the index
+stores each segment's audio-part vector, which is what query by example
+computes from the file (the same direction for zero-shot and late fusion; a
+mid-fusion item's audio part also saw its metadata token). So it answers in
+one matrix product, per segment (the one the page is playing), without
+decoding the file or loading the audio model, and the item itself scores
+exactly 1; it is left out of its own results.
+
+Only files that are in the index are streamed, looked up by item id: no
+request names a path. The server binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mimetypes
+import shutil
+import socket
+import tempfile
+import threading
+from bisect import bisect_right
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from amr.console import console, warn
+from amr.errors import AmrError
+from amr.index import explain, machine_tags, search
+from amr.query import EXAMPLE_PART, Failure, QueryInput, Result, Searcher, open_searcher, run_queries
+
+if TYPE_CHECKING:
+    import torch
+
+WEB = Path(__file__).parent / "resources" / "web"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+UPLOAD_LIMIT = 64 << 20  # bytes: about 6 minutes of 16-bit 44.1 kHz stereo WAV
+PAGE_LIMIT = 100  # results per page at most
+# What browsers expect; mimetypes would answer from the machine's /etc/mime.types (audio/x-wav, ...).
+AUDIO_TYPES = {
+    ".wav": "audio/wav",
+    ".wave": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".aif": "audio/aiff",
+    ".aiff": "audio/aiff",
+    ".m4a": "audio/mp4",
+}
+
+Offset = Annotated[int, Query(ge=0, description="Ranks skipped: the page starts at rank offset + 1.")]
+Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT, description="Results on the page.")]
+
+
+def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT) -> FastAPI:
+    """The page and the JSON API over ``searcher``; uploads above ``upload_limit`` bytes are refused."""
+    index = searcher.index
+    item_numbers = {item_id: i for i, item_id in enumerate(index.ids())}
+    lock = threading.Lock()  # one query at a time through the models (and the lazily loaded audio model)
+    # No /docs: its page loads scripts from a CDN, and amr works offline; the schema is at /api/openapi.json.
+    app = FastAPI(title="amr", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    def item_number(item_id: str) -> int:
+        if item_id not in item_numbers:
+            raise HTTPException(404, f"no item {item_id!r} in {index.path.name}")
+        return item_numbers[item_id]
+
+    def ranked(queries: list[QueryInput], offset: int, limit: int) -> list[Result]:
+        with lock:
+            try:
+                outcomes = list(run_queries(searcher, queries, offset + limit, explain_scores=True))
+            except AmrError as e:  # the audio model could not be loaded: no query by example on this server
+                raise HTTPException(503, str(e)) from None
+        failed = [o for o in outcomes if isinstance(o, Failure)]
+        if failed:
+            raise HTTPException(400, failed[0].error)
+        return [o for o in outcomes if isinstance(o, Result)][offset:]
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        header = index.header
+        return {
+            "index": str(index.path),
+            "items": index.items_count,
+            "segments": len(index),
+            "kind": header.kind,
+            "fusion": header.fusion.value,
+            "parts": [name for name, _ in header.parts],
+            "audio_model": header.audio.audio_model,
+            "upload_limit": upload_limit,
+            "page_limit": PAGE_LIMIT,
+        }
+
+    @app.get("/api/search")
+    def search_text(q: Annotated[str, Query(description="The query text.")], offset: Offset = 0, limit: Limit = 10) -> dict[str, Any]:
+        results = ranked([QueryInput("1", q)], offset, limit)
+        return _page(q, offset, limit, index.items_count, results)
+
+    @app.post("/api/search/audio")
+    async def search_audio(request: Request, offset: Offset = 0, limit: Limit = 10) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is None:
+            raise HTTPException(411, "an upload needs a Content-Length")
+        if not declared.isdigit() or int(declared) > upload_limit:
+            raise HTTPException(413, f"the upload is over the limit of {upload_limit / 2**20:g} MiB")
+        form = await request.form(max_files=1, max_fields=0)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, 'send the clip as a multipart/form-data file field named "file"')
+        name = Path(upload.filename or "upload").name
+        with tempfile.TemporaryDirectory(prefix="amr-serve-") as folder:
+            clip = Path(folder) / ("example" + _safe_suffix(name))
+            with open(clip, "wb") as out:
+                shutil.copyfileobj(upload.file, out)
+            await upload.close()
+            try:
+                results = await run_in_threadpool(ranked, [QueryInput("1", name, example=clip)], offset, limit)
+            except HTTPException as e:  # name the file as the user knows it, not the temporary copy
+                raise HTTPException(e.status_code, str(e.detail).replace(str(clip), name)) from None
+        return _page(name, offset, limit, index.items_count, results)
+
+    @app.get("/api/similar")
+    def similar(
+        id: Annotated[str, Query(description="An indexed item's id.")],
+        start: Annotated[float, Query(ge=0, description="A time in the item (s): its segment that starts last at or before it.")] = 0.0,
+        offset: Offset = 0,
+        limit: Limit = 10,
+    ) -> dict[str, Any]:
+        number = item_number(id)
+        rows = _rows_of(searcher, number)
+        starts = [round(float(t), 3) for t in index.spans[rows, 0]]  # as results show them
+        row = int(rows[max(0, bisect_right(starts, start) - 1)])
+        try:
+            results = _similar(searcher, row, offset + limit)[offset:]
+        except AmrError as e:  # an index without an audio part
+            raise HTTPException(400, str(e)) from None
+        return {**_page(f"sounds like {id}", offset, limit, index.items_count - 1, results), "like": {"id": id, **_span(searcher, row)}}
+
+    @app.get("/api/item")
+    def item(id: Annotated[str, Query(description="An indexed item's id.")]) -> dict[str, Any]:
+        number = item_number(id)
+        found = index.item(number)
+        segments = [{**_span(searcher, int(r)), "tags": machine_tags(index, int(r))} for r in _rows_of(searcher, number)]
+        return {
+            "id": found.id,
+            "audio": found.audio,
+            "audio_url": _audio_url(found.id),
+            "split": found.split,
+            "metadata": found.metadata,
+            "captions": found.captions,
+            "segments": segments,
+        }
+
+    @app.get("/api/audio")
+    @app.head("/api/audio", include_in_schema=False)
+    def audio(id: Annotated[str, Query(description="An indexed item's id.")]) -> FileResponse:
+        path = Path(index.item(item_number(id)).audio)
+        if not path.is_file():
+            raise HTTPException(404, f"the audio file of {id!r} is not on disk: {path}")
+        suffix = path.suffix.lower()
+        media_type = AUDIO_TYPES.get(suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type)
+
+    return app
+
+
+class LocalServer:
+    """An app on a bound socket, so that a port in use is an AmrError before
+    anything runs and ``url`` is known (port 0: a free port) before ``run``."""
+
+    def __init__(self, app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+        self.socket = listen(host, port)
+        address, bound_port = self.socket.getsockname()[:2]
+        self.url = f"http://{f'[{address}]' if ':' in address else address}:{bound_port}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+
+    def run(self) -> None:
+        """Answer requests until Ctrl-C (in the main thread) or `stop`."""
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+def serve(
+    index_path: Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    checkpoint: Path | None = None,
+    audio_weights: Path | None = None,
+    device: torch.device | str = "cpu",
+    upload_limit: int = UPLOAD_LIMIT,
+) -> None:
+    """Serve the page and the API over the index until Ctrl-C. A missing
+    index, one the checkpoint did not build, or a port in use is an AmrError
+    before anything listens; a host other than loopback is warned about."""
+    searcher = open_searcher(Path(index_path), checkpoint, audio_weights, device)
+    local = LocalServer(create_app(searcher, upload_limit), host, port)
+    if not is_loopback(host):
+        warn(f"listening on {host}: anyone who can reach this machine can search the index and play its audio files")
+    console.print(f"{index_path}: {searcher.index.items_count} items at {local.url} (Ctrl-C stops)")
+    try:
+        local.run()
+    except KeyboardInterrupt:  # uvicorn has shut down and passes Ctrl-C on: the way a server is meant to stop
+        console.print("stopped")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host``:``port``, or an AmrError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise AmrError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+    try:
+        sock.bind(address)
+        sock.listen()
+    except OSError as e:
+        sock.close()
+        raise AmrError(f"{host}:{port}: cannot listen ({e.strerror}); choose another --port or --host") from None
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) resolves to loopback addresses only."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+# --- internals ----------------------------------------------------------------------------
+
+
+def _similar(searcher: Searcher, row: int, top: int) -> list[Result]:
+    """The ``top`` other items whose audio best matches row ``row``'s stored
+    audio part, best first, by cosine (as query by example ranks)."""
+    index = searcher.index
+    columns, _ = index.part(EXAMPLE_PART)
+    query = np.zeros(index.header.dim, np.float32)
+    query[columns] = index.vectors[row, columns]
+    norm = float(np.linalg.norm(query))
+    if norm == 0:
+        raise AmrError(f"{index.item_of_row(row).id!r} has no audio vector in {index.path.name} to compare with")
+    query /= norm
+    rows, scores = search(index, query[None], top + 1, part=EXAMPLE_PART)
+    itself = int(index.row_item[row])
+    others = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0 and index.row_item[r] != itself]
+    results = []
+    for rank, (found, score) in enumerate(others[:top], start=1):
+        item = index.item_of_row(found)
+        parts = {k: round(v, 6) for k, v in explain(index, query, found, EXAMPLE_PART).items()}
+        result = Result("", "", rank, round(score, 6), item.id, item.audio, item.metadata, **_span(searcher, found), explain=parts)
+        result.tags = machine_tags(index, found)
+        results.append(result)
+    return results
+
+
+def _span(searcher: Searcher, row: int) -> dict[str, float]:
+    """The row's segment, rounded as amr.query rounds a result's."""
+    start, end = (round(float(t), 3) for t in searcher.index.spans[row])
+    return {"start": start, "end": end}
+
+
+def _rows_of(searcher: Searcher, number: int) -> np.ndarray:
+    """The rows (segments) of item ``number``: consecutive, in time order."""
+    row_item = searcher.index.row_item
+    return np.arange(np.searchsorted(row_item, number, "left"), np.searchsorted(row_item, number, "right"))
+
+
+def _page(query: str, offset: int, limit: int, total: int, results: list[Result]) -> dict[str, Any]:
+    records = []
+    for result in results:
+        record = result.record()
+        del record["query"], record["query_id"]
+        records.append({**record, "audio_url": _audio_url(result.id)})
+    return {"query": query, "offset": offset, "limit": limit, "total": total, "results": records}
+
+
+def _audio_url(item_id: str) -> str:
+    return "/api/audio?" + urlencode({"id": item_id})
+
+
+def _safe_suffix(name: str) -> str:
+    """The upload's extension if it is a plain one (decoders may look at it), else none."""
+    suffix = Path(name).suffix.lower()
+    return suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ""
