@@ -27,7 +27,7 @@ kill $server; wait $server 2>/dev/null || true
 
 step "3. trained: extract sfx-dev, train mid fusion from the zero-shot start (text encoder frozen, 5 epochs), index the test split"
 amr extract "$SHARED/data/sfx-dev"
-amr train --fusion mid --freeze-text --epochs 5
+checkpoint=$(amr train --fusion mid --freeze-text --epochs 5 | python3 -c 'import json, sys; print(json.load(sys.stdin)["checkpoint"])')
 amr index --split test
 amr query "door slam" "glass breaking" --top 5 --format table
 
@@ -35,4 +35,4 @@ step "4. the same queries in a shell pipeline (jsonl on stdout)"
 printf 'door slam\nglass breaking\n' | amr query - --top 1 --format jsonl
 
 step "5. evaluate on the test split: trained model, zero-shot and BM25 side by side"
-amr evaluate --zero-shot --ablate --bm25 --split test
+amr evaluate "$checkpoint" --zero-shot --ablate --bm25 --split test
