@@ -14,10 +14,13 @@ def open_versioned(path: Path, format_name: str, version: int, kind: str) -> h5p
     format and a version this amr does not read, with a message naming it."""
     if not Path(path).exists():
         raise AmrError(f"{path}: no such {kind} file")
+    if Path(path).is_dir():
+        raise AmrError(f"{path}: a directory, not an {kind} file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise AmrError(f"{path}: not a readable HDF5 file ({e})") from e
+        reason = str(e).splitlines()[0].strip()  # HDF5's own messages run over several lines
+        raise AmrError(f"{path}: not a readable HDF5 file ({reason})") from e
     if f.attrs.get("format") != format_name:
         f.close()
         raise AmrError(f"{path}: not an amr {kind}")

@@ -218,3 +218,11 @@ def test_an_unexpected_error_is_one_line_too(sounds_cache: Path, tmp_path: Path,
     monkeypatch.setattr(amr.indexing, "build_index", full_disk)
     done = CliRunner().invoke(app, ["index", str(sounds_cache), "--zero-shot", "-o", str(tmp_path / "i.h5"), "-w", str(tmp_path)])
     assert done.exit_code == 1 and f"{tmp_path / 'i.h5'}: No space left on device" in done.output, done.output
+
+
+def test_a_directory_or_a_non_hdf5_file_given_as_an_index_is_one_line(tmp_path: Path) -> None:
+    """HDF5's error for a directory spans several lines; what the user sees is one."""
+    one_error_line(amr("query", "dog", "-i", str(tmp_path)), str(tmp_path), "a directory")
+    garbage = tmp_path / "bad.h5"
+    garbage.write_bytes(b"not hdf5 at all")
+    one_error_line(amr("query", "dog", "-i", str(garbage)), "bad.h5", "not a readable HDF5 file")
