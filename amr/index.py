@@ -588,14 +588,24 @@ class Index:
             tag_probs=self.tag_probs[selected],
         )
 
-    def prefetch(self, rows: np.ndarray) -> None:
-        """Ask the kernel to read the vectors of ``rows`` now, all at once, so
-        that re-ranking them waits for the slowest read, not for each in turn."""
-        if self._file is None or self.ann_info is None or self.ann_info.kind not in ON_DISK_KINDS:
-            return
+    def read_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows`` (sorted, distinct), read from the file
+        rather than through its memory map: beside an on-disk index the
+        vectors are re-ranked from disk, and mapped pages would stay in the
+        process (the kernel maps their neighbours too) until it held the whole
+        file. Read this way, the page cache keeps what is read warm while the
+        process holds only these rows. All reads are requested at once first,
+        so waiting is for the slowest, not for each in turn."""
         size = self.vectors.itemsize * self.header.dim
-        for row in np.unique(rows[rows >= 0]).tolist():
-            os.posix_fadvise(self._file, row * size, size, os.POSIX_FADV_WILLNEED)
+        offsets = (rows * size).tolist()
+        for offset in offsets:
+            os.posix_fadvise(self._file, offset, size, os.POSIX_FADV_WILLNEED)
+        out = np.empty((len(rows), self.header.dim), self.vectors.dtype)
+        buffer = memoryview(out).cast("B")
+        for i, offset in enumerate(offsets):
+            if os.preadv(self._file, [buffer[i * size : (i + 1) * size]], offset) != size:
+                raise AmrError(f"{self.store.folder / 'vectors'}: shorter than the index says; rebuild the index")
+        return out
 
 
 def open_index(path: Path) -> Index:
@@ -631,12 +641,24 @@ def search(
         if candidates.size and candidates.max() >= len(index):  # lists of random bytes
             sidecar = sidecar_path(index.path, index.ann_info)
             raise AmrError(f"{sidecar}: proposed row {candidates.max()} of {len(index)}: damaged; run `amr index --ann` again")
-        index.prefetch(candidates)
-        rows, scores = rerank(index.vectors, queries, candidates, pool if grouped else k, columns, norms)
+        if index.ann_info.kind in ON_DISK_KINDS:
+            rows, scores = _rerank_from_disk(index, queries, candidates, pool if grouped else k, columns, norms)
+        else:
+            rows, scores = rerank(index.vectors, queries, candidates, pool if grouped else k, columns, norms)
         return _best_per_item(rows, scores, index.row_item, k) if grouped else (rows, scores)
     if not grouped:
         return exact_search(index.vectors[:, columns], queries[:, columns], k, norms, dead=dead)
     return _exact_per_item(index, queries[:, columns], columns, norms, k, dead)
+
+
+def _rerank_from_disk(
+    index: Index, queries: np.ndarray, candidates: np.ndarray, k: int, columns: slice, norms: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rerank` of candidate rows whose vectors are read for it (`Index.read_vectors`)."""
+    wanted = np.unique(candidates[candidates >= 0])
+    local = np.where(candidates >= 0, np.searchsorted(wanted, candidates), -1)  # order kept: ties still go to the lower row
+    found, scores = rerank(index.read_vectors(wanted), queries, local, k, columns, None if norms is None else norms[wanted])
+    return np.where(found >= 0, wanted[np.maximum(found, 0)], -1), scores
 
 
 def _exact_per_item(

@@ -29,7 +29,7 @@ import numpy as np
 from amr.audioset import top_classes
 from amr.cache import EmbeddingCache, open_caches
 from amr.checkpoint import checkpoint_spec
-from amr.console import console, progress, status
+from amr.console import console, progress, status, warn
 from amr.errors import AmrError
 from amr.files import exclusive
 from amr.index import (
@@ -49,7 +49,19 @@ from amr.index import (
     write_manifest,
 )
 from amr.retrievers import Retriever, describe
-from amr.search import LARGE_LIMIT, RERANK, add_rows, build_ivf, build_ivfpq, empty_copy, read_ann, write_ann, write_on_disk
+from amr.search import (
+    LARGE_LIMIT,
+    PQ_RECALL_TARGET,
+    RECALL_TARGET,
+    RERANK,
+    add_rows,
+    build_ivf,
+    build_ivfpq,
+    empty_copy,
+    read_ann,
+    write_ann,
+    write_on_disk,
+)
 from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
 # Up to this many rows exact search (one matrix product over N x D float32,
@@ -229,6 +241,9 @@ def _approximate(
         f"approximate index: {described}, {info.nlist} lists, nprobe {info.nprobe}, re-ranked: recall@10 {recall:.3f} "
         f"against exact search (perturbed item vectors), built in {info.seconds:.0f} s"
     )
+    target = RECALL_TARGET if kind == "ivf-sq8" else PQ_RECALL_TARGET
+    if recall < target:
+        warn(f"recall@10 {recall:.3f} is below the {target} the approximate index is tuned for; `amr query --exact` searches exactly")
     return info
 
 

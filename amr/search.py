@@ -10,7 +10,7 @@ the stored vectors, decide the top k, so what is found scores as exact search:
 
 ``ivf-sq8``  IVF over 8-bit scalar-quantised vectors (D bytes a row), loaded
              into RAM: for up to LARGE_LIMIT rows (768 MB at D = 768).
-``ivf-pq``   IVF over product-quantised vectors (D/8 bytes a row) whose
+``ivf-pq``   IVF over product-quantised vectors (D/4 bytes a row) whose
              inverted lists stay on disk (FAISS OnDiskInvertedLists, memory-
              mapped): what it holds in RAM is the coarse quantiser (nlist x D
              float32) and the product quantiser's codebooks, whatever N is.
@@ -82,16 +82,19 @@ QUERY_COSINE = 0.5  # how close those probes are to their item, like a text quer
 LARGE_LIMIT = 1_000_000
 PQ_RECALL_TARGET = 0.95  # recall@10 after re-ranking the nprobe and candidates of an ivf-pq index are chosen for
 # Candidates per result an ivf-pq index may propose, tried in order at each
-# nprobe: at 1e6 clustered 768-dim vectors recall@10 after re-ranking was
-# 0.58 with 1 (the codes alone), 0.95 with 10, 0.97 with 20, 0.97 with 40.
-PQ_RERANKS = (10, 20, 40)
-# Dimensions per sub-quantizer: 8, i.e. D/8 one-byte codes a row (96 bytes at
-# 768 dims, 32 at 256). FAISS encodes 8-dim sub-vectors with a fast kernel
-# (38 us a 768-dim vector; 12-dim ones took 170 us, 16-dim 144 us), and with
-# PQ_RERANKS they reach recall@10 >= 0.95 at 256 and 768 dims (bench/query.py).
-PQ_SUB_DIMS = 8
+# nprobe. How many are needed grows with N (more rows fall within the codes'
+# error of the 10th best): at 1e6 clustered 768-dim vectors with 8-dim
+# sub-quantizers, the tuning probes needed 400 candidates for recall@10 0.966
+# after re-ranking (100 gave 0.87); with 4-dim ones 100 gave 0.987.
+PQ_RERANKS = (10, 20, 40, 80)
+# Dimensions per sub-quantizer: 4, i.e. D/4 one-byte codes a row (192 bytes at
+# 768 dims, 64 at 256). Measured at 1e6 (above): 8-dim sub-quantizers (D/8
+# bytes) lose too much for 1e7 rows to be re-ranked from a few hundred
+# candidates; 4-dim ones encode nearly as fast (36 against 29 s a million,
+# with the coarse assignment) and cost twice the scan (4.6 against 2.2 ms at nprobe 64).
+PQ_SUB_DIMS = 4
 PQ_TRAIN_PER_LIST = 32  # k-means training vectors per list: 32 x nlist x D float32 in RAM while training
-SHARD_ROWS = 1 << 20  # rows whose codes an ivf-pq build holds in RAM at once (D/8 + 8 bytes each)
+SHARD_ROWS = 1 << 20  # rows whose codes an ivf-pq build holds in RAM at once (D/4 + 8 bytes each)
 
 
 # --- exact search -----------------------------------------------------------------------------
@@ -152,7 +155,11 @@ def search_parameters(ann: faiss.Index, dead: np.ndarray | None) -> faiss.Search
 
 
 def ann_candidates(ann: faiss.Index, queries: np.ndarray, pool: int, params: faiss.SearchParametersIVF | None = None) -> np.ndarray:
-    """``pool`` candidate rows per query from the approximate index (-1: none), best first by its scores."""
+    """``pool`` candidate rows per query from the approximate index (-1: none), best first by its scores.
+
+    FAISS shares out queries among its threads; a single query would use one
+    of them, so its lists are shared out instead (parallel mode 1)."""
+    faiss.extract_index_ivf(ann).parallel_mode = 1 if len(queries) == 1 else 0
     _, candidates = ann.search(queries, min(pool, ann.ntotal), params=params)
     return candidates
 
@@ -253,7 +260,7 @@ def pq_lists(n: int) -> int:
 def pq_sub_quantizers(dim: int) -> int:
     """Sub-quantizers (one-byte codes) of an ivf-pq index of ``dim`` dimensions: dim / PQ_SUB_DIMS."""
     sub = PQ_SUB_DIMS
-    while dim % sub:  # a dimension not a multiple of 8: the largest divisor below it
+    while dim % sub:  # a dimension not a multiple of PQ_SUB_DIMS: the largest divisor below it
         sub -= 1
     return dim // sub
 
@@ -448,4 +455,7 @@ def _sample(vectors: np.ndarray, count: int, rng: np.random.Generator) -> np.nda
 
 
 def _nprobes(nlist: int) -> list[int]:
-    return [p for p in NPROBES if p < nlist] + [nlist]
+    """The nprobes tuning tries: NPROBES below nlist, then all lists when
+    that is within NPROBES (a small index); never more than NPROBES[-1]
+    lists, which at 1e7 rows would scan an eighth of them per query."""
+    return [p for p in NPROBES if p < nlist] + ([nlist] if nlist <= NPROBES[-1] else [])

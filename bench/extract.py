@@ -70,7 +70,7 @@ peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children.ru_maxrs
 print(json.dumps({{"clips": report.items, "seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak / 1024}}))
 """
 
-# The Ray engine in place of the local one (until extract() takes engine=); Ray's processes are
+# The Ray engine in place of the local one; Ray's processes are
 # not this process's children, so only the wall time is measured.
 RAY_END_TO_END = """
 import json, sys, time

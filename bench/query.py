@@ -4,6 +4,7 @@
     python bench/query.py --sizes 1e7 --kinds ivf-pq     # the on-disk tier at ten million (an hour or more)
     python bench/query.py --sizes 1e4,1e5 --init random  # a quick run, at 256 dims
     python bench/query.py --checkpoint CKPT              # the dimension and query encoder of a trained model
+    python bench/query.py --sizes 1e7 --work DIR --keep  # keep the index: a rerun measures it (appended to) again
 
 For each size and kind an index of synthetic item vectors is written at the
 retriever's dimension, streamed to disk (never all in RAM), given its
@@ -83,7 +84,7 @@ from amr.indexing import add_ann
 from amr.items import Item
 from amr.query import QueryInput, Searcher, run_queries
 from amr.retrievers import load_retriever
-from amr.search import exact_search, faiss, pq_lists, recall_at
+from amr.search import exact_search, faiss, pq_lists, pq_sub_quantizers, recall_at
 
 FAMILIES = 24
 QUERY_COSINE = 0.7
@@ -210,6 +211,9 @@ def build(path: Path, n: int, kind: str, args: argparse.Namespace) -> dict:
     synthetic = Synthetic(n, dimension(args.checkpoint), args.seed)
     dtype = "float16" if kind == "ivf-pq" else "float32"  # as amr index stores them
     row = write_synthetic(path, synthetic, args.checkpoint, dtype) if not path.exists() else {"write_s": 0.0}
+    kept = open_index(path).ann_info if kind != "exact" and args.keep else None
+    if kept is not None and kept.kind == kind:  # kept by an earlier --keep run: measured again, not rebuilt
+        return row | {"ann_s": 0.0, "index": f"{kind} nlist {kept.nlist} nprobe {kept.nprobe} x{kept.rerank} (kept)"}
     if kind != "exact":
         started = time.perf_counter()
         info = add_ann(path, kind)
@@ -386,6 +390,7 @@ def in_child(args: argparse.Namespace, *extra: str) -> dict:
     """Run this script with ``extra`` options in a fresh process; its JSON
     result, with the peak memory (sampled every 0.2 s) and mean load average."""
     command = [sys.executable, __file__, "--checkpoint", str(args.checkpoint), "--seed", str(args.seed), *extra]
+    command += ["--keep"] * args.keep
     command += ["--queries", str(args.queries), "--recall-queries", str(args.recall_queries), "--threads", str(args.threads)]
     # as `amr query --threads` sets it, before numpy loads
     env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", str(args.threads))}
@@ -468,12 +473,13 @@ def extrapolate(rows: list[dict], dim: int) -> str | None:
     quantiser = lambda n: pq_lists(n) * dim * 4 / 2**20  # noqa: E731
     anon = large["query_RssAnon_mib"] + quantiser(target) - quantiser(10**7)
     build = large["build_s"] * (target * pq_lists(target)) / (10**7 * pq_lists(10**7))
+    lists_gib = (pq_sub_quantizers(dim) + 8) * target / 2**30  # codes and ids
     return (
         f"10^8 extrapolated: disk {per_row * target / 2**10:,.0f} GiB; query anonymous memory ~{anon:,.0f} MiB; "
         f"search p50 ~{search:.1f} ms, end to end ~{search + text:.1f} ms; build ~{build / 3600:,.1f} h. Assumptions: disk "
         f"linear in N ({per_row * 2**20:,.0f} bytes a row at 10^7); anonymous memory that at 10^7 plus the larger coarse "
         f"quantiser ({pq_lists(target)} lists x {dim} float32); search time a + b·√N fitted to 10^6 and 10^7 (the nprobe "
-        f"lists scanned hold N/nlist ∝ √N codes each, nprobe unchanged); the inverted lists ({(dim // 8 + 8) * target / 2**30:,.0f} GiB) "
+        f"lists scanned hold N/nlist ∝ √N codes each, nprobe unchanged); the inverted lists ({lists_gib:,.0f} GiB) "
         f"in the page cache and the re-ranked rows read from disk as at 10^7; text encoding as at 10^7 ({text:.1f} ms); "
         "build time ∝ N x nlist (the coarse assignment dominates)"
     )
@@ -491,6 +497,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="threads of the query encoder and BLAS, as amr query --threads [default: 1]")
     parser.add_argument("--work", type=Path, help="folder for the indexes [default: a temporary one, removed]")
+    parser.add_argument("--keep", action="store_true", help="keep the indexes in --work: a rerun measures them, not rebuilt")
     parser.add_argument("--append", type=int, default=10_000, help="items appended to each approximate index, 0: none [default: 10000]")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--append-to", type=Path, help=argparse.SUPPRESS)
@@ -543,7 +550,7 @@ def main() -> None:
                     row |= {"append_file_mib": appended["peak_file_mib"]}
                 rows.append(row)
                 print(f"{n:,} {row['index']}: {json.dumps(row)}", file=sys.stderr, flush=True)
-                if kind != "exact" or "ivf-sq8" not in kinds:
+                if not args.keep and (kind != "exact" or "ivf-sq8" not in kinds):
                     for file in work.glob(f"synthetic-{n}-{kind}.*"):
                         shutil.rmtree(file) if file.is_dir() else file.unlink()
         print_table(rows)

@@ -98,6 +98,36 @@ def test_an_on_disk_index_is_built_searched_and_reopened(
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted(expected)  # no shard or temporary left
 
 
+def test_searching_an_on_disk_index_maps_none_of_its_vectors(caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path) -> None:
+    """Its candidates' vectors are read, not touched through the memory map:
+    mapped pages (and the neighbours the kernel maps with them) would stay in
+    the process's RSS until it held the whole vector file."""
+    output = tmp_path / "index.h5"
+    build_index(VectorRetriever(vectors), [caches["base"]], output, ann_kind="ivf-pq", show_progress=False)
+    index = open_index(output)
+    search(index, vectors[N:], 10)
+    vector_file = str(index.store.folder / "vectors")
+    resident, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0]:  # a mapping's first line: address range, ..., path
+                inside = line.rstrip("\n").endswith(vector_file)
+            elif inside and line.startswith("Rss:"):
+                resident += int(line.split()[1])
+    assert resident == 0
+
+
+def test_tuning_that_misses_its_recall_probes_at_most_the_largest_nprobe_and_says_so(
+    caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(amr.search, "NPROBES", (1, 2))  # the index has 64 lists: probing all is not among them
+    for module in (amr.search, amr.indexing):
+        monkeypatch.setattr(module, "PQ_RECALL_TARGET", 1.01)  # out of reach
+    info = build_index(VectorRetriever(vectors), [caches["base"]], tmp_path / "index.h5", ann_kind="ivf-pq").ann
+    assert info is not None and info.nlist == 64 and info.nprobe == 2 and info.rerank == PQ_RERANKS[-1]
+    assert f"recall@10 {info.recall_at_10:.3f} is below the 1.01" in " ".join(capsys.readouterr().err.split())
+
+
 def test_append_to_an_on_disk_index_writes_only_the_new_rows(caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
     first = build_index(VectorRetriever(vectors), [caches["base"]], output, ann_kind="ivf-pq", show_progress=False).ann
