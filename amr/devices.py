@@ -1,8 +1,12 @@
-"""Where models run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+"""Where models run (``auto``: CUDA when available, ``cpu`` or ``cuda``), and in which mode."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 
 from amr.errors import AmrError
 
@@ -18,3 +22,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise AmrError("--device cuda: no CUDA device is available to torch here; use --device cpu or auto")
     return torch.device(name)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` and its submodules in eval mode meanwhile, each back in its
+    own mode afterwards. Sets their flags rather than calling ``eval()``,
+    which goes through every ``train()`` override on the way (transformers'
+    takes milliseconds): switching the mode twice per call was a third of
+    the time one short query took to encode on a CPU core."""
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amr.devices import eval_mode
 from amr.errors import AmrError
 from amr.fusion import Fusion, Init
 from amr.heads import HEADS, AudioBatch, MetadataBatch
@@ -372,14 +373,9 @@ class RetrievalModel(nn.Module):
 
 @contextmanager
 def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode without gradients; the previous mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+    """Eval mode without gradients; each module's previous mode is restored."""
+    with eval_mode(model), torch.no_grad():
+        yield
 
 
 def _length_batches(sequences: Sequence[np.ndarray]) -> Iterator[list[int]]:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from amr.console import progress
+from amr.devices import eval_mode
 from amr.errors import AmrError
 from amr.files import sha256_files
 
@@ -227,20 +228,14 @@ class TextEncoder(torch.nn.Module):
             raise TypeError("encode takes a list of texts, not one string")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        modes = [(module, module.training) for module in self.modules()]
-        self.eval()
-        try:
-            with torch.inference_mode(), _progress(progress, len(texts)) as advance:
-                for start in range(0, len(order), batch_size):
-                    rows = order[start : start + batch_size]
-                    emb = self(self.tokenize([texts[i] for i in rows]), pooling)
-                    if normalize:
-                        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
-                    out[rows] = emb.float().cpu().numpy()
-                    advance(len(rows))
-        finally:
-            for module, training in modes:
-                module.training = training
+        with eval_mode(self), torch.inference_mode(), _progress(progress, len(texts)) as advance:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                emb = self(self.tokenize([texts[i] for i in rows]), pooling)
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+                out[rows] = emb.float().cpu().numpy()
+                advance(len(rows))
         return out
 
 

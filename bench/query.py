@@ -519,7 +519,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         trained = args.checkpoint is not None
-        args.checkpoint = args.checkpoint or untrained_checkpoint(work / "untrained", args.width, args.init)
+        kept_model = work / "untrained" if args.keep and (work / "untrained").exists() else None  # the kept indexes' model
+        args.checkpoint = args.checkpoint or kept_model or untrained_checkpoint(work / "untrained", args.width, args.init)
         dim = dimension(args.checkpoint)
         print(
             f"query encoder: {'checkpoint ' + str(args.checkpoint) if trained else 'untrained default model'} ({dim} dims); "
