@@ -51,14 +51,13 @@ from amr.index import (
 from amr.retrievers import Retriever, describe
 from amr.search import (
     LARGE_LIMIT,
-    PQ_RECALL_TARGET,
-    RECALL_TARGET,
     RERANK,
     add_rows,
     build_ivf,
     build_ivfpq,
     empty_copy,
     read_ann,
+    recall_target,
     write_ann,
     write_on_disk,
 )
@@ -241,7 +240,7 @@ def _approximate(
         f"approximate index: {described}, {info.nlist} lists, nprobe {info.nprobe}, re-ranked: recall@10 {recall:.3f} "
         f"against exact search (perturbed item vectors), built in {info.seconds:.0f} s"
     )
-    target = RECALL_TARGET if kind == "ivf-sq8" else PQ_RECALL_TARGET
+    target = recall_target(kind)
     if recall < target:
         warn(f"recall@10 {recall:.3f} is below the {target} the approximate index is tuned for; `amr query --exact` searches exactly")
     return info

@@ -381,6 +381,11 @@ def perturbed_queries(vectors: np.ndarray, count: int, rng: np.random.Generator,
     return np.ascontiguousarray(QUERY_COSINE * base + sine * noise)
 
 
+def recall_target(kind: str) -> float:
+    """The recall@10 an approximate index of ``kind`` ("ivf-sq8" or "ivf-pq") is tuned for."""
+    return RECALL_TARGET if kind == "ivf-sq8" else PQ_RECALL_TARGET
+
+
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of the true top-k rows that were found."""
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth))
