@@ -217,3 +217,20 @@ def test_captions_as_metadata_and_field_selection() -> None:
 def test_bad_options_are_refused(options: dict, message: str) -> None:
     with pytest.raises(AmrError, match=message):
         ModelConfig(**options)
+
+
+def test_encoding_switches_dropout_off_and_leaves_each_module_in_its_own_mode(text_encoder) -> None:
+    model = model_of("mid", text_encoder).train()  # the frozen text encoder stays in eval mode
+    held = next(m for name, m in model.named_modules() if name and m.training)
+    held.eval()  # e.g. a part the user keeps in eval mode while the rest trains
+    modes = [m.training for m in model.modules()]
+    assert any(modes) and not all(modes)
+    rng = np.random.default_rng(0)
+    sequences = [rng.normal(size=(7, 12)).astype(np.float16)] * 2
+    tags = np.tile(rng.random(527).astype(np.float32), (2, 1))
+    first, second = model.encode_items(sequences, tags, ["dog", "dog"])
+    # dropout (0.1) was off: the same input gives the same unit vector, up to float32 summation order (~1e-7);
+    # dropout would move it by ~1e-2
+    np.testing.assert_allclose(first, second, rtol=0, atol=1e-5)
+    model.encode_queries(["a dog barks"])
+    assert [m.training for m in model.modules()] == modes
