@@ -79,6 +79,7 @@ import numpy as np
 
 from amr.cache import CacheInfo
 from amr.checkpoint import checkpoint_spec
+from amr.errors import AmrError
 from amr.index import IndexHeader, Rows, open_index, search, sidecars
 from amr.indexing import add_ann
 from amr.items import Item
@@ -410,7 +411,7 @@ def in_child(args: argparse.Namespace, *extra: str) -> dict:
         out.seek(0)
         lines = out.read().strip().splitlines()
     if child.returncode or not lines:
-        sys.exit(f"{' '.join(extra)} failed:\n{stderr}")
+        sys.exit(f"{' '.join(extra)} failed: {stderr.strip().splitlines()[-1] if stderr.strip() else 'no output'}")
     peaks = {"peak_anon_mib": peak["RssAnon"], "peak_file_mib": peak["RssFile"]}
     return {**json.loads(lines[-1]), **peaks, "mean_load": float(np.mean(loads or [0]))}
 
@@ -504,16 +505,19 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        n = parse_sizes(args.sizes)[0]
-        print(json.dumps(measure(args.measure, args.checkpoint, n, args.seed, args.queries, args.recall_queries, args.threads)))
-        return
-    if args.build:
-        print(json.dumps(build(args.build, parse_sizes(args.sizes)[0], args.kind, args)))
-        return
-    if args.append_to:
-        print(json.dumps(append(args.append_to, parse_sizes(args.sizes)[0], args.append, args)))
-        return
+    try:
+        if args.measure:
+            n = parse_sizes(args.sizes)[0]
+            print(json.dumps(measure(args.measure, args.checkpoint, n, args.seed, args.queries, args.recall_queries, args.threads)))
+            return
+        if args.build:
+            print(json.dumps(build(args.build, parse_sizes(args.sizes)[0], args.kind, args)))
+            return
+        if args.append_to:
+            print(json.dumps(append(args.append_to, parse_sizes(args.sizes)[0], args.append, args)))
+            return
+    except AmrError as e:  # e.g. a kept index left incomplete by a killed run: its one line, not a traceback
+        sys.exit(f"error: {e}")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="amr-bench-query-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -534,7 +538,8 @@ def main() -> None:
             kinds = args.kinds.split(",") if args.kinds != "auto" else default_kinds(n)
             for kind in kinds:
                 path = work / f"synthetic-{n}-{kind}.h5"
-                if kind == "ivf-sq8" and (work / f"synthetic-{n}-exact.h5").exists():  # the same vectors: add to that index
+                exact_index = work / f"synthetic-{n}-exact.h5"
+                if kind == "ivf-sq8" and exact_index.exists() and not path.exists():  # the same vectors: add to that index
                     for old in work.glob(f"synthetic-{n}-exact.*"):
                         old.rename(work / old.name.replace("-exact", "-ivf-sq8"))
                 built = in_child(args, "--build", str(path), "--kind", kind, "--sizes", str(n))
