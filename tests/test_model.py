@@ -188,8 +188,12 @@ def test_the_special_tokens_get_learned_type_embeddings() -> None:
     token = torch.randn(1, 1, 16)
     before = tower(frames, lengths, token)
     with torch.no_grad():
-        tower.types[1] += 1.0  # the metadata token's type
-    assert tower.types.shape == (2, 16) and not torch.allclose(tower(frames, lengths, token), before)
+        # A constant shift would be removed exactly by the LayerNorm every path goes through, leaving
+        # rounding alone; a ramp of unit spread cannot be normalised away.
+        tower.types[1] += torch.linspace(-1.0, 1.0, 16)  # the metadata token's type
+    change = (tower(frames, lengths, token) - before).abs().max().item()
+    # an O(1) change of an input against float32 rounding (~1e-6 on values of order 1)
+    assert tower.types.shape == (2, 16) and change > 1e-3
 
 
 def test_captions_as_metadata_and_field_selection() -> None:
