@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import click
 import typer
@@ -656,6 +656,42 @@ def evaluate(
     ablate: Annotated[
         bool, typer.Option("--ablate", help="With --zero-shot: add the audio-only and metadata-only zero-shot rows.")
     ] = False,
+    cutoffs: Annotated[
+        str | None,
+        typer.Option("--k", help="Cut-offs, e.g. 1,5,10,16: R@K and mAP@K at each (default: the protocol's).", show_default=False),
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="dcase2024: R@1/5/10 and mAP@10, AP over min(|relevant|, K); dcase2025: R@1/5/10 and mAP@16, AP over |relevant| "
+            "(needs --relevance).",
+        ),
+    ] = "dcase2024",
+    ap_norm: Annotated[
+        str | None,
+        typer.Option(
+            "--ap-norm",
+            help="AP@K divided by min(|relevant|, K) (clipped) or by |relevant| (total) (default: the protocol's).",
+            show_default=False,
+        ),
+    ] = None,
+    relevance: Annotated[
+        Path | None,
+        typer.Option(help="DCASE 2025 metadata_eval.csv (query,audio_filenames): the queries and their relevant files."),
+    ] = None,
+    lenient: Annotated[
+        bool, typer.Option(help="With --relevance: leave out (and report) rows whose query or files match nothing, instead of exit 1.")
+    ] = False,
+    submission: Annotated[
+        Path | None,
+        typer.Option(help="Also write the model's DCASE submission CSV (queries x audio files, the baseline's format) to this file."),
+    ] = None,
+    submission_queries: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --submission: score the captions of this CSV (the DCASE retrieval_captions.csv) and only write the submission.",
+        ),
+    ] = None,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -673,10 +709,27 @@ def evaluate(
     and, with --by, "groups"; "aggregates" with "mean" and "std"), while the
     table goes to stderr."""
     from amr.console import console
+    from amr.dcase import PROTOCOLS, predict_submission
     from amr.devices import resolve_device
     from amr.evaluate import evaluate_models, plot_recall, render_table, write_per_query
+    from amr.metrics import APNorm
 
+    if protocol not in PROTOCOLS:
+        _usage("--protocol", f"{protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    if ap_norm is not None and ap_norm not in APNorm.__members__:
+        _usage("--ap-norm", f"{ap_norm!r}: use one of {', '.join(APNorm.__members__)}")
+    chosen = PROTOCOLS[protocol]
+    ks, ap_ks = (chosen.ks, chosen.ap_ks) if cutoffs is None else (_cutoffs(cutoffs),) * 2
     ws = Workspace.resolve(workspace)
+    if submission_queries is not None:
+        if submission is None:
+            _usage("--submission-queries", "needs --submission FILE to write to")
+        paths = (checkpoints or [], index_paths or [], caches or [])
+        options = {"zero_shot": zero_shot, "workspace": ws, "device": resolve_device(device.value)}
+        _emit(predict_submission(submission, submission_queries, *paths, split.value, **options))
+        return
+    if protocol == "dcase2025" and relevance is None:
+        _usage("--protocol", "dcase2025 evaluates the relevance of its metadata_eval.csv: give --relevance FILE")
     report = evaluate_models(
         checkpoints or [],
         index_paths or [],
@@ -688,10 +741,18 @@ def evaluate(
         bm25=bm25,
         by=by.value if by else None,
         curves=plot is not None,
+        ks=ks,
+        ap_ks=ap_ks,
+        ap_norm=APNorm(ap_norm or chosen.ap_norm),
+        relevance=relevance,
+        lenient=lenient,
+        submission=submission,
         workspace=ws,
         device=resolve_device(device.value),
     )
     summary = report.summary()
+    if submission is not None:
+        console.print(f"submission in {submission}")
     if per_query is not None:
         write_per_query(report, per_query)
         console.print(f"per-query results in {per_query}")
@@ -705,3 +766,20 @@ def evaluate(
     else:  # a log file is not a terminal: a table of its natural width rather than wrapped at 80
         Console(stderr=True, highlight=False, width=None if console.is_terminal else 200).print(render_table(summary))
         _emit(summary)
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    """``--k 1,5,10,16`` as cut-offs: positive integers, comma-separated."""
+    try:
+        ks = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        ks = ()
+    if not ks or ks[0] < 1:
+        _usage("--k", f"{text!r}: positive integers separated by commas, e.g. 1,5,10,16")
+    return ks
+
+
+def _usage(option: str, message: str) -> NoReturn:
+    """A usage error found after parsing: one line, exit 2 (as typer's own)."""
+    error(f"{option}: {message}")
+    raise typer.Exit(2)

@@ -12,10 +12,12 @@ The protocol:
   of which those whose ``split`` names another split are left out. A query
   whose relevant items are not all among the evaluated items is an error that
   names it: a relevant item that cannot be ranked is never a silent zero.
-* **Metrics**: R@1, R@5, R@10 and mAP@10 of `amr.metrics` (one relevant item:
-  R@K = [rank <= K], AP@10 = 1/rank if rank <= 10; several: R@K = share of the
-  relevant items in the top K, AP@10 = sum of precision@k at their ranks k <= 10
-  over min(|relevant|, 10)), averaged over queries.
+* **Metrics**: R@1, R@5, R@10 and mAP@10 of `amr.metrics` by default, or R@K and
+  mAP@K at the cut-offs asked for (one relevant item: R@K = [rank <= K], AP@K =
+  1/rank if rank <= K; several: R@K = share of the relevant items in the top K,
+  AP@K = sum of precision@k at their ranks k <= K over min(|relevant|, K), or
+  over |relevant| with the ``total`` normalisation of DCASE 2025, see
+  `amr.dcase`), averaged over queries.
 * **Ties**: an item ranks above every item with the same score that comes
   after it in the item order above, for every model alike.
 * **Several models**: models that share their whole configuration except the
@@ -56,12 +58,13 @@ from amr.cache import EmbeddingCache, open_caches
 from amr.checkpoint import checkpoint_spec
 from amr.console import console, progress
 from amr.datasets import load_queries
+from amr.dcase import read_relevance, write_model_scores
 from amr.errors import AmrError
 from amr.fusion import Fusion
 from amr.index import Index
 from amr.indexing import ENCODE_BATCH
 from amr.items import METADATA_FIELDS, SPLITS, Item, Query, caption_queries
-from amr.metrics import DEFAULT_KS, Metrics, QueryResult, rank_items, retrieval_metrics
+from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, Metrics, QueryResult, rank_items, retrieval_metrics
 from amr.retrievers import Retriever, load_retriever
 from amr.workspace import Workspace
 from amr.zeroshot import zero_shot_variants
@@ -241,6 +244,9 @@ class EvaluationReport:
     results: list[ModelResult]
     by: str | None = None
     groups: list[str] | None = None  # per query: its value of ``by``
+    ks: tuple[int, ...] = DEFAULT_KS  # the recall cut-offs shown
+    ap_ks: tuple[int, ...] = DEFAULT_AP_KS  # the mAP cut-offs shown
+    ap_norm: APNorm = APNorm.clipped
 
     def summary(self) -> dict[str, Any]:
         """Everything the table shows, as JSON-able data; metrics are fractions in [0, 1]."""
@@ -254,10 +260,10 @@ class EvaluationReport:
                 "fusion": r.fusion.value if r.fusion else None,
                 "fingerprint": r.fingerprint,
                 "configuration": r.configuration,
-                "metrics": _means(r.metrics.per_query),
+                "metrics": self._means(r.metrics.per_query),
             }
             if self.by is not None:
-                entry["groups"] = {v: _means([r.metrics.per_query[q] for q in rows]) for v, rows in subsets.items()}
+                entry["groups"] = {v: self._means([r.metrics.per_query[q] for q in rows]) for v, rows in subsets.items()}
             if set(CURVE_KS) <= set(r.metrics.recall):
                 entry["recall_curve"] = [r.metrics.recall[k] for k in CURVE_KS]
             models.append(entry)
@@ -267,6 +273,7 @@ class EvaluationReport:
             "items": len(self.collection.items),
             "queries": len(self.queries),
             "ties": TIES,
+            "ap_normalisation": self.ap_norm.value,
             "by": self.by,
             "group_queries": {v: len(rows) for v, rows in subsets.items()} if self.by is not None else None,
             "models": models,
@@ -290,10 +297,17 @@ class EvaluationReport:
                 }
                 if self.by is not None and self.groups is not None:
                     record[self.by] = self.groups[q]
-                record.update(_values(result))
+                record.update({f"R@{k}": result.recall[k] for k in self.ks})
+                record.update({f"AP@{k}": result.ap[k] for k in self.ap_ks})
                 record["top"] = [ids[i] for i in r.top[q]]
                 records.append(record)
         return records
+
+    def _means(self, results: Sequence[QueryResult]) -> dict[str, float]:
+        """The shown R@K and mAP@K averaged over some queries' results."""
+        means = {f"R@{k}": float(np.mean([r.recall[k] for r in results])) for k in self.ks}
+        means.update({f"mAP@{k}": float(np.mean([r.ap[k] for r in results])) for k in self.ap_ks})
+        return means
 
 
 def evaluate_models(
@@ -308,6 +322,12 @@ def evaluate_models(
     bm25: bool = False,
     by: str | None = None,
     curves: bool = False,
+    ks: Sequence[int] = DEFAULT_KS,
+    ap_ks: Sequence[int] = DEFAULT_AP_KS,
+    ap_norm: APNorm = APNorm.clipped,
+    relevance: Path | None = None,
+    lenient: bool = False,
+    submission: Path | None = None,
     workspace: Workspace | None = None,
     device: torch.device | str = "cpu",
 ) -> EvaluationReport:
@@ -317,9 +337,38 @@ def evaluate_models(
     evaluated, or none when only baselines (zero-shot, BM25) are asked for.
     The items are those of ``cache_paths`` (default: the workspace's latest
     cache), or, with only indexes and no caches, the first index's items.
-    ``queries`` is a queries.jsonl (default: the items' captions); ``curves``
-    adds recall@1..50 for a plot."""
+    ``queries`` is a queries.jsonl (default: the items' captions), or
+    ``relevance`` a DCASE 2025 metadata_eval.csv (`amr.dcase.read_relevance`;
+    ``lenient`` skips and reports its rows that match nothing); ``curves``
+    adds recall@1..50 for a plot; ``ks``, ``ap_ks``, ``ap_norm`` and ``submission`` as in `evaluate`."""
     workspace = workspace or Workspace.resolve()
+    scorers, indexes, checkpoints = make_scorers(checkpoints, index_paths, zero_shot, ablate, bm25, workspace, device)
+    if queries is not None and relevance is not None:
+        raise AmrError("give --queries or --relevance, not both")
+    explicit = load_queries(queries) if queries is not None else None
+    options: dict[str, Any] = {"ap_ks": ap_ks, "ap_norm": ap_norm, "curves": curves, "submission": submission}
+    if cache_paths or checkpoints or zero_shot or not indexes:
+        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
+            if relevance is not None:
+                explicit = read_relevance(relevance, collection.items, lenient)
+            return evaluate(scorers, collection, explicit, by, ks, **options)
+    collection = index_collection(indexes[0], split)
+    if relevance is not None:
+        explicit = read_relevance(relevance, collection.items, lenient)
+    return evaluate(scorers, collection, explicit, by, ks, **options)
+
+
+def make_scorers(
+    checkpoints: Sequence[Path],
+    index_paths: Sequence[Path],
+    zero_shot: bool,
+    ablate: bool,
+    bm25: bool,
+    workspace: Workspace,
+    device: torch.device | str,
+) -> tuple[list[Scorer], list[Index], list[Path]]:
+    """The scorers of `evaluate_models`, the indexes opened and the checkpoints
+    (the workspace's latest when nothing else is asked for)."""
     checkpoints = list(checkpoints)
     if not checkpoints and not index_paths and not (zero_shot or bm25):
         checkpoints = [workspace.latest("checkpoint")]
@@ -331,12 +380,7 @@ def evaluate_models(
         scorers += [RetrieverScorer(name, retriever) for name, retriever in zero_shot_variants(ablate, device)]
     if bm25:
         scorers.append(BM25())
-    explicit = load_queries(queries) if queries is not None else None
-    ks = CURVE_KS if curves else ()
-    if cache_paths or checkpoints or zero_shot or not indexes:
-        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
-            return evaluate(scorers, collection, explicit, by, ks)
-    return evaluate(scorers, index_collection(indexes[0], split), explicit, by, ks)
+    return scorers, indexes, checkpoints
 
 
 def evaluate(
@@ -345,15 +389,24 @@ def evaluate(
     queries: Sequence[Query] | None = None,
     by: str | None = None,
     ks: Sequence[int] = DEFAULT_KS,
+    *,
+    ap_ks: Sequence[int] = DEFAULT_AP_KS,
+    ap_norm: APNorm = APNorm.clipped,
+    curves: bool = False,
+    submission: Path | None = None,
 ) -> EvaluationReport:
     """Score every query against every item with each scorer and measure.
 
     ``queries`` default to the captions of the items; explicit ones whose split
-    is another than the collection's are left out. ``ks`` adds recall cut-offs
-    to R@1, R@5, R@10 (CURVE_KS for a recall curve)."""
+    is another than the collection's are left out. ``ks`` are the recall and
+    ``ap_ks`` the mAP cut-offs reported, AP normalised by ``ap_norm``;
+    ``curves`` adds recall at CURVE_KS for a plot; ``submission`` writes the
+    one scorer's score matrix there as a DCASE submission (`amr.dcase`)."""
     if by is not None and by not in BY_FIELDS:
         raise AmrError(f"--by {by}: expected one of {', '.join(BY_FIELDS)}")
     names = [s.name for s in scorers]
+    if submission is not None and len(scorers) != 1:
+        raise AmrError(f"a submission holds one model's scores; {len(scorers)} models are evaluated ({', '.join(names)})")
     if len(set(names)) < len(names):
         raise AmrError(f"two models are named alike ({', '.join(names)}); give each once")
     if queries is None:
@@ -364,17 +417,20 @@ def evaluate(
         raise AmrError(f"{collection.source}: no queries for split {collection.split} (no captions; give a queries.jsonl)")
     relevant = relevant_indices(collection, queries)
     groups = [group_of(by, q, [collection.items[i] for i in rel]) for q, rel in zip(queries, relevant)] if by else None
-    ks = sorted(set(DEFAULT_KS) | set(ks))
+    shown, ap_shown = tuple(sorted(set(ks))), tuple(sorted(set(ap_ks)))
+    recall_ks = sorted(set(shown) | (set(CURVE_KS) if curves else set()))
     texts = [q.text for q in queries]
     results = []
     for scorer in scorers:
         scores = scorer.score(collection, texts)
         if scores.shape != (len(texts), len(collection.items)):
             raise ValueError(f"{scorer.name}: scores of shape {scores.shape}, expected {(len(texts), len(collection.items))}")
+        if submission is not None:
+            write_model_scores(submission, collection.items, texts, scores)
         ranks, top = _rankings(scores, relevant)
-        metrics = retrieval_metrics(scores, relevant, ks)
+        metrics = retrieval_metrics(scores, relevant, recall_ks, ap_shown, ap_norm)
         results.append(ModelResult(scorer.name, scorer.kind, scorer.fusion, scorer.fingerprint, scorer.configuration, metrics, ranks, top))
-    return EvaluationReport(collection, list(queries), results, by, groups)
+    return EvaluationReport(collection, list(queries), results, by, groups, shown, ap_shown, APNorm(ap_norm))
 
 
 def _in_split(queries: Sequence[Query], split: str) -> list[Query]:
@@ -425,17 +481,6 @@ def _rankings(scores: np.ndarray, relevant: list[list[int]]) -> tuple[list[list[
         for row, rel in zip(order, relevant[start : start + block]):
             ranks.append((np.flatnonzero(np.isin(row, rel)) + 1).tolist())
     return ranks, np.concatenate(tops)
-
-
-def _values(result: QueryResult) -> dict[str, float]:
-    return {**{f"R@{k}": result.recall[k] for k in DEFAULT_KS}, "AP@10": result.ap10}
-
-
-def _means(results: Sequence[QueryResult]) -> dict[str, float]:
-    """R@1, R@5, R@10 and mAP@10 averaged over some queries' results."""
-    means = {f"R@{k}": float(np.mean([r.recall[k] for r in results])) for k in DEFAULT_KS}
-    means["mAP@10"] = float(np.mean([r.ap10 for r in results]))
-    return means
 
 
 def _aggregates(models: list[dict[str, Any]], values: list[str] | None) -> list[dict[str, Any]]:
@@ -504,7 +549,8 @@ def render_table(summary: dict[str, Any]) -> Table:
         title=f"text-to-audio retrieval, split {summary['split']}: {summary['items']} items, {summary['queries']} queries (%)",
         title_justify="left",
     )
-    for column in ("model", "fusion", *([by] if by else []), "queries", "R@1", "R@5", "R@10", "mAP@10"):
+    metric_names = list(summary["models"][0]["metrics"]) if summary["models"] else []
+    for column in ("model", "fusion", *([by] if by else []), "queries", *metric_names):
         table.add_column(column, justify="left" if column in ("model", "fusion", by) else "right")
     values = list(summary["group_queries"] or {})
 

@@ -1,15 +1,23 @@
 """Text-to-audio retrieval metrics as DCASE task 6b / task 8, Clotho and
-AudioCaps define them: recall at K and mean average precision at 10.
+AudioCaps define them: recall at K and mean average precision at K.
 
 Each query ranks every item of the evaluated collection by score. With the
-relevant items of a query at ranks r_1 < r_2 < ... (1-based):
+relevant items R of a query at ranks r_1 < r_2 < ... (1-based):
 
-- R@K   = |{i : r_i <= K}| / |relevant|
-- AP@10 = (1 / min(|relevant|, 10)) * sum over r_i <= 10 of precision@r_i,
-  where precision@r_i = i / r_i
+- R@K  = |{i : r_i <= K}| / |R|
+- AP@K = (1 / n) * sum over r_i <= K of precision@r_i, where precision@r_i = i / r_i,
+  and the normalisation n is one of (`APNorm`):
 
-With one relevant item at rank r these are the usual R@K = [r <= K] and
-AP@10 = 1/r if r <= 10 else 0. Both are averaged over queries and lie in [0, 1].
+  * ``clipped`` (the default): n = min(|R|, K). AP@K is 1 when the top K are
+    all relevant, also for a query with more than K relevant items. This is
+    amr's 2024 protocol (one relevant item: AP@10 = 1/r if r <= 10 else 0).
+  * ``total``: n = |R|, the total number of relevant items, as the DCASE 2025
+    task 6 baseline computes its multi-positive mAP@16 (``ap += i / (rank + 1)``
+    over its 0-based ranks below K, then ``/ len(relevant)``). A query with
+    more than K relevant items cannot reach 1.
+
+  With one relevant item both are the same. All are averaged over queries and
+  lie in [0, 1].
 
 Ties: among items with equal scores, the one with the lower collection index
 ranks first (a stable sort on -score), so results never depend on the sort
@@ -20,22 +28,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
-AP_DEPTH = 10
-DEFAULT_KS = (1, 5, 10)
+DEFAULT_KS = (1, 5, 10)  # recall cut-offs of the 2024 protocol
+DEFAULT_AP_KS = (10,)  # its mAP cut-off
 _BLOCK_ELEMENTS = 1 << 22  # scores ranked per block of queries, bounding the temporaries
+
+
+class APNorm(StrEnum):
+    """What the sum of precisions of AP@K is divided by (see the module docstring)."""
+
+    clipped = "clipped"  # min(|relevant|, K)
+    total = "total"  # |relevant|: DCASE 2025
 
 
 @dataclass
 class QueryResult:
-    """One query: recall at each K, AP@10, and the rank (1-based) of its best
-    relevant item, None when that item is not in the ranking given."""
+    """One query: recall and AP at each cut-off, and the rank (1-based) of its
+    best relevant item, None when that item is not in the ranking given."""
 
     recall: dict[int, float]
-    ap10: float
+    ap: dict[int, float]
     first_rank: int | None
+
+    @property
+    def ap10(self) -> float:
+        return self.ap[10]
 
 
 @dataclass
@@ -43,12 +63,17 @@ class Metrics:
     """Means over queries, in [0, 1], and the per-query results (query order)."""
 
     recall: dict[int, float]
-    map10: float
+    map: dict[int, float]
     per_query: list[QueryResult]
+    ap_norm: APNorm = APNorm.clipped
+
+    @property
+    def map10(self) -> float:
+        return self.map[10]
 
     def as_dict(self) -> dict[str, float]:
-        """{'R@1': ..., 'R@5': ..., 'R@10': ..., 'mAP@10': ...}"""
-        return {**{f"R@{k}": v for k, v in self.recall.items()}, "mAP@10": self.map10}
+        """{'R@1': ..., 'R@5': ..., 'R@10': ..., 'mAP@10': ...}: every cut-off measured."""
+        return {**{f"R@{k}": v for k, v in self.recall.items()}, **{f"mAP@{k}": v for k, v in self.map.items()}}
 
 
 def rank_items(scores: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -83,44 +108,61 @@ def _top_k(neg: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(idx, order, axis=1)
 
 
-def query_metrics(ranking: Sequence[int] | np.ndarray, relevant: Sequence[int] | set[int], ks: Sequence[int] = DEFAULT_KS) -> QueryResult:
+def query_metrics(
+    ranking: Sequence[int] | np.ndarray,
+    relevant: Sequence[int] | set[int],
+    ks: Sequence[int] = DEFAULT_KS,
+    ap_ks: Sequence[int] = DEFAULT_AP_KS,
+    ap_norm: APNorm = APNorm.clipped,
+) -> QueryResult:
     """Metrics of one query from its ranking (item indices, best first).
 
     The ranking may be cut short (e.g. a search's top k): a relevant item not in
-    it counts as ranked below it. It must then hold at least max(ks) and 10
+    it counts as ranked below it. It must then hold at least max(ks, ap_ks)
     items, or every item of the collection.
     """
     _check_ks(ks)
+    _check_ks(ap_ks)
     relevant = _check_relevant(relevant)
     ranking = np.asarray(ranking)
     ranks = np.flatnonzero(np.isin(ranking, list(relevant))) + 1
-    needed = max(max(ks), AP_DEPTH)
+    needed = max(*ks, *ap_ks)
     if len(ranks) < len(relevant) and len(ranking) < needed:
         raise ValueError(f"a ranking of {len(ranking)} items misses relevant items; give at least {needed} items or the whole collection")
-    return _from_ranks(ranks, len(relevant), ks)
+    return _from_ranks(ranks, len(relevant), ks, ap_ks, APNorm(ap_norm))
 
 
-def retrieval_metrics(scores: np.ndarray, relevant: Sequence[Sequence[int]], ks: Sequence[int] = DEFAULT_KS) -> Metrics:
-    """Mean R@K and mAP@10 of scores (Q queries, N items) against the relevant
-    item indices of each query. K may exceed N. A query without relevant items
+def retrieval_metrics(
+    scores: np.ndarray,
+    relevant: Sequence[Sequence[int]],
+    ks: Sequence[int] = DEFAULT_KS,
+    ap_ks: Sequence[int] = DEFAULT_AP_KS,
+    ap_norm: APNorm = APNorm.clipped,
+) -> Metrics:
+    """Mean R@K (K in ``ks``) and mAP@K (K in ``ap_ks``, normalised by
+    ``ap_norm``) of scores (Q queries, N items) against the relevant item
+    indices of each query. K may exceed N. A query without relevant items
     is a ValueError naming its position (the caller reports it by name)."""
     scores = _check_scores(scores)
     if len(relevant) != len(scores):
         raise ValueError(f"{len(scores)} score rows but {len(relevant)} relevant lists")
     _check_ks(ks)
+    _check_ks(ap_ks)
+    ap_norm = APNorm(ap_norm)
     per_query = []
     for q, (row, rel) in enumerate(zip(scores, relevant)):
         try:
             items = np.array(sorted(_check_relevant(rel, len(row))))
         except ValueError as e:
             raise ValueError(f"query {q}: {e}") from None
-        per_query.append(_from_ranks(_ranks_of(row, items), len(items), ks))
+        per_query.append(_from_ranks(_ranks_of(row, items), len(items), ks, ap_ks, ap_norm))
     if not per_query:
         raise ValueError("no queries to evaluate")
     return Metrics(
         recall={k: float(np.mean([r.recall[k] for r in per_query])) for k in ks},
-        map10=float(np.mean([r.ap10 for r in per_query])),
+        map={k: float(np.mean([r.ap[k] for r in per_query])) for k in ap_ks},
         per_query=per_query,
+        ap_norm=ap_norm,
     )
 
 
@@ -133,13 +175,15 @@ def _ranks_of(row: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.sort(ahead.sum(axis=1) + 1)
 
 
-def _from_ranks(ranks: np.ndarray, n_relevant: int, ks: Sequence[int]) -> QueryResult:
+def _from_ranks(ranks: np.ndarray, n_relevant: int, ks: Sequence[int], ap_ks: Sequence[int], ap_norm: APNorm) -> QueryResult:
     """QueryResult from the sorted 1-based ranks of the relevant items found."""
     recall = {k: float(np.count_nonzero(ranks <= k)) / n_relevant for k in ks}
-    top = ranks[ranks <= AP_DEPTH]
-    precisions = np.arange(1, len(top) + 1) / top
-    ap10 = float(precisions.sum()) / min(n_relevant, AP_DEPTH)
-    return QueryResult(recall=recall, ap10=ap10, first_rank=int(ranks[0]) if len(ranks) else None)
+    precisions = np.arange(1, len(ranks) + 1) / ranks  # precision at each relevant item's rank
+    ap = {}
+    for k in ap_ks:
+        total = float(precisions[ranks <= k].sum())
+        ap[k] = total / (min(n_relevant, k) if ap_norm is APNorm.clipped else n_relevant)
+    return QueryResult(recall=recall, ap=ap, first_rank=int(ranks[0]) if len(ranks) else None)
 
 
 def _check_scores(scores: np.ndarray) -> np.ndarray:

@@ -22,7 +22,6 @@ from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.cli import app
 from amr.errors import AmrError
 from amr.evaluate import (
-    CURVE_KS,
     Collection,
     IndexScorer,
     RetrieverScorer,
@@ -224,7 +223,7 @@ def test_per_query_json_has_the_summary_ranks_and_best_items(cache: Path, tmp_pa
 
 def test_recall_curve_plot_is_written(cache: Path, tmp_path: Path) -> None:
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("a", FakeRetriever(0)), RetrieverScorer("b", FakeRetriever(1))], collection, ks=CURVE_KS)
+        report = evaluate([RetrieverScorer("a", FakeRetriever(0)), RetrieverScorer("b", FakeRetriever(1))], collection, curves=True)
     curve = report.summary()["models"][0]["recall_curve"]
     assert len(curve) == 50 and curve[:4] == pytest.approx([3 / 5, 4 / 5, 4 / 5, 1.0])
     plot_recall(report, tmp_path / "recall.png")

@@ -140,3 +140,61 @@ def test_against_brute_force_on_random_scores():
             assert result.ap10 == pytest.approx(ap10)
     assert m.map10 == pytest.approx(np.mean([ap for _, ap in expected]))
     assert m.recall == pytest.approx({k: np.mean([r[k] for r, _ in expected]) for k in ks})
+
+
+def dcase2025_baseline_ap(row: np.ndarray, relevant: list[int], k: int) -> float:
+    """The DCASE 2025 task 6 baseline's multi-positive AP, re-typed from its
+    description: 0-based ranks of the relevant files (argsort of argsort of
+    -scores), sorted; for the i-th of them (1-based) ranked below k add i / (rank + 1);
+    divide by the number of relevant files. The baseline's argsort is not stable;
+    here it is, which is amr's tie rule (the lower index first)."""
+    ranks = np.argsort(np.argsort(-row, kind="stable"), kind="stable")[relevant]
+    ap = 0.0
+    for i, rank in enumerate(sorted(ranks), start=1):
+        if rank >= k:
+            break
+        ap += i / (rank + 1)
+    return ap / len(relevant)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_total_normalisation_equals_the_dcase2025_baseline(ties):
+    rng = np.random.default_rng(7 if ties else 3)
+    n_queries, n_items = 300, 120
+    if ties:
+        scores = rng.integers(0, 5, size=(n_queries, n_items)).astype(np.float64)  # many equal scores
+    else:
+        scores = rng.standard_normal((n_queries, n_items))
+    relevant = [rng.choice(n_items, size=rng.integers(1, 13), replace=False).tolist() for _ in range(n_queries)]
+    for k in (1, 10, 16):
+        m = retrieval_metrics(scores, relevant, ap_ks=(k,), ap_norm=metrics.APNorm.total)
+        expected = np.array([dcase2025_baseline_ap(row, rel, k) for row, rel in zip(scores, relevant)])
+        got = np.array([r.ap[k] for r in m.per_query])
+        assert np.max(np.abs(got - expected)) <= 1e-9, k
+        assert abs(m.map[k] - expected.mean()) <= 1e-9
+        assert np.count_nonzero(expected) >= 5  # the comparison is not only of zeros
+
+
+def test_the_two_normalisations_differ_only_past_k_relevant_items():
+    order = list(range(40))  # items 0..19 relevant and ranked on top
+    row = scores_ranking(order)
+    clipped = retrieval_metrics(row, [list(range(20))], ks=(16,), ap_ks=(16,))
+    total = retrieval_metrics(row, [list(range(20))], ks=(16,), ap_ks=(16,), ap_norm="total")
+    assert clipped.map == {16: 1.0}
+    assert total.map[16] == pytest.approx(16 / 20)
+    assert total.recall == {16: 16 / 20}
+    assert total.as_dict() == pytest.approx({"R@16": 0.8, "mAP@16": 0.8})
+    # three relevant items at ranks 1, 3 and 20: both divide by 3
+    order = [0, 10, 1] + list(range(11, 27)) + [2] + list(range(3, 10))
+    for norm in ("clipped", "total"):
+        result = retrieval_metrics(scores_ranking(order), [[0, 1, 2]], ap_ks=(16,), ap_norm=norm).per_query[0]
+        assert result.ap[16] == pytest.approx((1 + 2 / 3) / 3)
+
+
+def test_ap_at_several_cut_offs_from_a_top_k_ranking():
+    ranking = list(range(16))  # relevant 3 and 12 at ranks 4 and 13
+    result = query_metrics(ranking, {3, 12, 99}, ks=(1, 16), ap_ks=(10, 16), ap_norm="total")
+    assert result.ap[10] == pytest.approx((1 / 4) / 3)
+    assert result.ap[16] == pytest.approx((1 / 4 + 2 / 13) / 3)
+    with pytest.raises(ValueError, match="at least 16"):
+        query_metrics(ranking[:10], {99}, ap_ks=(16,))
