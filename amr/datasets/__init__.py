@@ -7,6 +7,7 @@ Layouts, detected in this order:
 - ``clotho``: ``clotho_captions_*.csv`` (see `amr.datasets.clotho`);
 - ``audiocaps``: ``train.csv``/``val.csv``/``test.csv`` with an audiocap_id
   column (see `amr.datasets.audiocaps`);
+- ``wavcaps``: ``json_files/<source>/*.json`` caption files (see `amr.datasets.wavcaps`);
 - ``folder``: no manifest, any audio files under the root; metadata from file
   and folder names and embedded tags (see `amr.datasets.folder`).
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from amr.errors import AmrError
 from amr.items import Dataset, Item, Query
 
-from . import audiocaps, clotho, folder, generic
+from . import audiocaps, clotho, folder, generic, wavcaps
 from .common import Problems, ReadOptions, SkipHandler, check_encoding
 
 
@@ -51,6 +52,7 @@ LAYOUTS: dict[str, Layout] = {
     "generic": Layout(generic.detect, generic.read_items),
     "clotho": Layout(clotho.detect, clotho.read_items),
     "audiocaps": Layout(audiocaps.detect, audiocaps.read_items),
+    "wavcaps": Layout(wavcaps.detect, wavcaps.read_items),
     "folder": Layout(folder.detect, folder.read_items),
 }
 
@@ -62,7 +64,7 @@ def detect_layout(root: Path) -> str:
             return name
     raise AmrError(
         f"{root}: no known dataset layout (looked for items.jsonl or items.csv, "
-        "clotho_captions_*.csv, AudioCaps train.csv/val.csv/test.csv, and audio files)"
+        "clotho_captions_*.csv, AudioCaps train.csv/val.csv/test.csv, WavCaps json_files/, and audio files)"
     )
 
 

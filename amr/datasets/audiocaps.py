@@ -13,14 +13,13 @@ giving ``metadata = {"tags": [display names]}``.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from amr.errors import AmrError
 from amr.items import SPLITS, Item
 
-from .common import Problems, ReadOptions, RowError, read_csv
+from .common import FolderListings, Problems, ReadOptions, RowError, read_csv
 
 CSV_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -93,7 +92,7 @@ class _AudioFinder:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._listings: dict[Path, set[str]] = {}
+        self._listings = FolderListings()
 
     def folders(self, split: str) -> tuple[Path, ...]:
         return (self.root / "audio" / split, self.root / split, self.root / "audio", self.root)
@@ -103,21 +102,12 @@ class _AudioFinder:
 
     def find(self, youtube_id: str, split: str) -> Path | None:
         for folder in self.folders(split):
-            names = self._listing(folder)
+            names = self._listings.names(folder)
             for stem in (youtube_id, f"Y{youtube_id}"):
                 for extension in AUDIO_EXTENSIONS:
                     if stem + extension in names:
                         return folder / (stem + extension)
         return None
-
-    def _listing(self, folder: Path) -> set[str]:
-        if folder not in self._listings:
-            names = set()
-            if folder.is_dir():
-                with os.scandir(folder) as entries:
-                    names = {entry.name for entry in entries if entry.is_file()}
-            self._listings[folder] = names
-        return self._listings[folder]
 
 
 def _read_tags(root: Path, wanted: set[str], problems: Problems, encoding: str | None) -> dict[str, list[str]]:

@@ -335,3 +335,20 @@ def existing_file(root: Path, relative: str, allow_outside_root: bool = False) -
     if not path.is_file():
         raise RowError(f"audio file not found: {path}")
     return str(path)
+
+
+class FolderListings:
+    """The file names in folders, each folder listed once (a dataset of ~100k
+    clips looks its audio up by name without a stat per candidate)."""
+
+    def __init__(self) -> None:
+        self._names: dict[Path, set[str]] = {}
+
+    def names(self, folder: Path) -> set[str]:
+        if folder not in self._names:
+            names: set[str] = set()
+            if folder.is_dir():
+                with os.scandir(folder) as entries:
+                    names = {entry.name for entry in entries if entry.is_file()}
+            self._names[folder] = names
+        return self._names[folder]
