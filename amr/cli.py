@@ -141,7 +141,8 @@ class ExtractEngine(StrEnum):
 @command
 def extract(
     dataset: Annotated[
-        Path, typer.Argument(help="Dataset root: Clotho, AudioCaps, WavCaps, a folder with items.jsonl / items.csv, or a folder of audio files.")
+        Path,
+        typer.Argument(help="Dataset root: Clotho, AudioCaps, WavCaps, a folder with items.jsonl / items.csv, or a folder of audio files."),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Cache file (default: <workspace>/caches/<dataset>.<model>.h5).")

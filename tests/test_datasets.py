@@ -91,7 +91,7 @@ def test_detect_layout(data: Path, tmp_path: Path, wav: Path) -> None:
     assert detect_layout(data / "sounds") == "generic"
     assert detect_layout(data / "sfx-dev") == "generic"
     assert detect_layout(audiocaps_root(tmp_path / "ac", wav)) == "audiocaps"
-    assert set(LAYOUTS) == {"generic", "clotho", "audiocaps", "folder"}
+    assert set(LAYOUTS) == {"generic", "clotho", "audiocaps", "wavcaps", "folder"}
     (tmp_path / "empty").mkdir()
     with pytest.raises(AmrError, match="no known dataset layout"):
         load_dataset(tmp_path / "empty")

@@ -111,12 +111,12 @@ def read_back(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 def test_the_submission_is_the_baseline_score_matrix(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     scores = rng.standard_normal((5, 3)).astype(np.float32)
-    texts = ["a, quoted \"query\"", "b", "a, quoted \"query\"", "c", "d"]
+    texts = ['a, quoted "query"', "b", 'a, quoted "query"', "c", "d"]
     clips = [Item("x", "/data/x 1.wav"), Item("y", "/data/sub/y.wav"), Item("z", "/z,2.wav")]
     assert write_model_scores(tmp_path / "s.csv", clips, texts, scores, block=2) == 4
     header, queries, values = read_back(tmp_path / "s.csv")
     assert header == ["index", "x 1.wav", "y.wav", "z,2.wav"]
-    assert queries == ["a, quoted \"query\"", "b", "c", "d"]  # a repeated query once, at its first row
+    assert queries == ['a, quoted "query"', "b", "c", "d"]  # a repeated query once, at its first row
     assert np.array_equal(values.astype(np.float32), scores[[0, 1, 3, 4]])  # %.9g round-trips float32
     with pytest.raises(AmrError, match="both named 'x.wav'"):
         write_model_scores(tmp_path / "t.csv", [Item("1", "/a/x.wav"), Item("2", "/b/x.wav")], ["q"], np.zeros((1, 2)))
