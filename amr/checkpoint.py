@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from amr import __version__
 from amr.audioset import top_tags
-from amr.cache import CacheInfo, EmbeddingCache
+from amr.cache import CacheInfo, EmbeddingCache, Segment
 from amr.errors import AmrError
 from amr.files import atomic_output, atomic_write, sha256_files
 from amr.model import CAPTIONS, ModelConfig, RetrievalModel, item_metadata
@@ -308,10 +308,12 @@ class TrainedRetriever:
         return self.encode_items_with_metadata(cache, indices, metadata)
 
     def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
+        return self.encode_spans(cache, index, cache.segments(index), auto_tags)
+
+    def encode_spans(self, cache: EmbeddingCache, index: int, segments: Sequence[Segment], auto_tags: int = 0) -> np.ndarray:
         """Each segment's frames and tags through the item tower, with the item's metadata."""
         self.require_audio(cache)
         config = self.model.config
-        segments = cache.segments(index)
         metadata = None
         if config.uses_metadata:
             text = item_metadata(cache.items[index], config.metadata)

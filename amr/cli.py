@@ -693,6 +693,16 @@ def evaluate(
             help="With --submission: score the captions of this CSV (the DCASE retrieval_captions.csv) and only write the submission.",
         ),
     ] = None,
+    moments: Annotated[
+        Path | None,
+        typer.Option(
+            help="Moment retrieval instead: queries with (recording, start, end) moments (Clotho-Moment JSON Lines or CASTELLA "
+            "JSON); R1/R5 at IoU 0.5/0.7 and mAP of the grid's windows and of refined spans.",
+        ),
+    ] = None,
+    audio_weights: Annotated[
+        Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="With --moments: the caches' audio model file (tags of finer windows).")
+    ] = None,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -722,6 +732,13 @@ def evaluate(
     chosen = PROTOCOLS[protocol]
     ks, ap_ks = (chosen.ks, chosen.ap_ks) if cutoffs is None else (_cutoffs(cutoffs),) * 2
     ws = Workspace.resolve(workspace)
+    if moments is not None:
+        from amr.moments import evaluate_moments
+
+        paths = (checkpoints or [], caches or [])
+        options = {"zero_shot": zero_shot, "audio_weights": audio_weights, "workspace": ws, "device": resolve_device(device.value)}
+        _emit(evaluate_moments(moments, *paths, **options))
+        return
     if submission_queries is not None:
         if submission is None:
             _usage("--submission-queries", "needs --submission FILE to write to")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from amr.cache import EmbeddingCache
+from amr.cache import EmbeddingCache, Segment
 from amr.errors import AmrError
 from amr.fusion import Fusion
 
@@ -50,6 +50,11 @@ class Retriever(Protocol):
         """(S, dim) float32 vectors of the segments of the cache's item ``index``
         (``cache.segments(index)``, amr.segments): each segment's frames and tags
         with the item's metadata."""
+        ...
+
+    def encode_spans(self, cache: EmbeddingCache, index: int, segments: Sequence[Segment], auto_tags: int = 0) -> np.ndarray:
+        """(len(segments), dim) float32 vectors of any spans of the item's frames
+        with their tags (amr.moments' finer windows), as `encode_segments` encodes its grid's."""
         ...
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from amr.audioset import top_tags
-from amr.cache import EmbeddingCache
+from amr.cache import EmbeddingCache, Segment
 from amr.errors import AmrError
 from amr.fusion import Fusion
 from amr.items import METADATA_FIELDS, Item, metadata_text
@@ -129,8 +129,10 @@ class ZeroShotRetriever:
         return self.fuse(self.audio_vectors(cache.tags[list(indices)]), metadata)
 
     def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
+        return self.encode_spans(cache, index, cache.segments(index), auto_tags)
+
+    def encode_spans(self, cache: EmbeddingCache, index: int, segments: Sequence[Segment], auto_tags: int = 0) -> np.ndarray:
         """Each segment's bridge vector (from its own tags) fused with the item's metadata vector."""
-        segments = cache.segments(index)
         metadata, _ = self.metadata_vectors([with_machine_tags(cache.items[index], cache.tags[index], auto_tags)])
         tags = np.stack([segment.tags for segment in segments])
         return self.fuse(self.audio_vectors(tags), np.repeat(metadata, len(segments), axis=0))

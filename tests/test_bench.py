@@ -49,3 +49,9 @@ def test_query_bench_prints_its_table(tmp_path: Path) -> None:
     )
     rows = [line for line in out.splitlines() if line.startswith("| 2,000 |")]
     assert len(rows) == 2 and "ivf-sq8" in rows[1]
+
+
+def test_moments_bench_prints_grid_and_refined_rows(tmp_path: Path) -> None:
+    out = bench("moments.py", "--recordings", "3", "--work", str(tmp_path))
+    rows = [line for line in out.splitlines() if line.startswith(("grid:", "refined:"))]
+    assert len(rows) == 6 and rows[0].startswith("grid: 10 s windows") and "(default)" in rows[1]
