@@ -503,6 +503,14 @@ def query(
     all_segments: Annotated[
         bool, typer.Option("--all-segments", help="List every matching segment of a long recording, not only its best one.")
     ] = False,
+    moments: Annotated[
+        bool,
+        typer.Option(
+            "--moments",
+            help="A long recording's start/end: the span its matching sound occupies (finer windows around the best segment), "
+            "not the 10 s segment; needs the caches the index was built from.",
+        ),
+    ] = False,
     exact: Annotated[bool, typer.Option(help="Exact search even where the index has an approximate one.")] = False,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint to encode queries with (default: the one the index records).")
@@ -543,7 +551,7 @@ def query(
     failed = 0
     inputs = gather_queries(queries or [], audio or [], sys.stdin.buffer)
     try:
-        for outcome in run_queries(searcher, inputs, top, explain_scores=explain, exact=exact, all_segments=all_segments):
+        for outcome in run_queries(searcher, inputs, top, explain_scores=explain, exact=exact, all_segments=all_segments, moments=moments):
             if isinstance(outcome, Failure):
                 failed += 1
                 error(f"query {outcome.query_id} ({outcome.query!r}): {outcome.error}")
@@ -576,6 +584,9 @@ def serve(
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local file of the audio model, for uploaded clips.")
     ] = None,
     upload_limit: Annotated[int, typer.Option(min=1, help="Largest clip accepted for query by example, in MiB.")] = 64,
+    moments: Annotated[
+        bool, typer.Option("--moments", help="Results in long recordings span the sound found, as amr query --moments.")
+    ] = False,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads of the query encoder and of exact search.")] = 1,
     device: DeviceOption = Device.cpu,
     workspace: WorkspaceOption = None,
@@ -600,6 +611,7 @@ def serve(
         audio_weights=audio_weights,
         device=resolve_device(device.value),
         upload_limit=upload_limit << 20,
+        moments=moments,
     )
 
 

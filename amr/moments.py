@@ -195,6 +195,63 @@ def retrieve_moments(
     return grid, refined
 
 
+class MomentRefiner:
+    """Refined spans for search results (``amr query --moments``): a long
+    recording's fine-window vectors, from the caches an index was built from
+    (kept for the last ``keep`` recordings), scored against the query."""
+
+    def __init__(self, retriever: Any, cache_paths: Sequence[str], tagger: Any, config: RefineConfig = RefineConfig(), keep: int = 64):
+        from amr.cache import EmbeddingCache
+
+        missing = [p for p in cache_paths if not Path(p).is_file()]
+        if missing:
+            raise AmrError(f"refined moments need the caches the index was built from; missing: {', '.join(missing)}")
+        self.retriever, self.tagger, self.config, self.keep = retriever, tagger, config, keep
+        self.caches = [EmbeddingCache(Path(p)) for p in cache_paths]
+        self._fine: dict[str, tuple[np.ndarray, list[tuple[float, float]]]] = {}
+
+    def close(self) -> None:
+        for cache in self.caches:
+            cache.close()
+
+    def span(self, item_id: str, query: np.ndarray, around: tuple[float, float]) -> tuple[float, float] | None:
+        """The refined moment of the item's recording for ``query`` that overlaps
+        the matching grid window ``around`` most (else the best one), or None
+        for an item the grid keeps whole (its span is the clip)."""
+        fine = self._vectors(item_id)
+        if fine is None:
+            return None
+        vectors, spans = fine
+        moments = refine(vectors @ query, spans, self.config)
+        best = next((m for m in moments if iou((m.start, m.end), around) > 0), moments[0])  # moments are best first
+        return best.start, best.end
+
+    def _vectors(self, item_id: str) -> tuple[np.ndarray, list[tuple[float, float]]] | None:
+        from amr.cache import Segment
+
+        if item_id not in self._fine:
+            cache, row = self._find(item_id)
+            if cache.segments_per_item[row] < 2:
+                return None
+            info, sequence = cache.info, cache.sequence(row)
+            spans = fine_spans(len(sequence), info.frames_per_window / info.window_seconds, self.config)
+            segments = [Segment(a, b, self.tagger.tags(sequence[a:b])) for a, b in spans]
+            if len(self._fine) >= self.keep:
+                self._fine.pop(next(iter(self._fine)))
+            seconds = [(info.seconds(a), info.seconds(b)) for a, b in spans]
+            self._fine[item_id] = (self.retriever.encode_spans(cache, row, segments), seconds)
+        return self._fine[item_id]
+
+    def _find(self, item_id: str) -> tuple[Any, int]:
+        for cache in self.caches:
+            try:
+                return cache, cache.index_of(item_id)
+            except AmrError:
+                continue
+        caches = ", ".join(str(c.path) for c in self.caches)
+        raise AmrError(f"item {item_id!r} is in none of the index's caches ({caches}); extract and index again")
+
+
 def evaluate_moments(
     path: Path,
     checkpoints: Sequence[Path],

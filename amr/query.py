@@ -25,6 +25,7 @@ from amr.checkpoint import checkpoint_spec
 from amr.encoder import ClipEmbedder
 from amr.errors import AmrError
 from amr.index import Index, explain, machine_tags, open_index, search
+from amr.moments import MomentRefiner
 from amr.retrievers import Retriever, load_retriever
 from amr.text import normalize_text
 
@@ -90,6 +91,7 @@ class Searcher:
     retriever: Retriever
     audio_weights: Path | None = None  # local file of the audio model, for queries by example
     clip_embedder: ClipEmbedder | None = field(default=None, repr=False)  # None: loaded when first needed
+    refiner: MomentRefiner | None = field(default=None, repr=False)  # None: loaded when first needed
 
     def __post_init__(self) -> None:
         self.index.header.require_retriever(self.retriever, self.index.path)
@@ -99,6 +101,12 @@ class Searcher:
         if self.clip_embedder is None:
             self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights)
         return self.clip_embedder
+
+    def moments(self) -> MomentRefiner:
+        """Refined spans of long recordings (amr.moments), loaded on the first query that asks."""
+        if self.refiner is None:
+            self.refiner = MomentRefiner(self.retriever, self.index.header.sources, self.embedder().encoder)
+        return self.refiner
 
 
 def open_searcher(
@@ -119,6 +127,7 @@ def run_queries(
     explain_scores: bool = False,
     exact: bool = False,
     all_segments: bool = False,
+    moments: bool = False,
     batch_size: int = QUERY_BATCH,
 ) -> Iterator[Result | Failure]:
     """The ``top`` results of each query, best first, queries in input order.
@@ -126,16 +135,18 @@ def run_queries(
     Text queries rank by the retriever's score; a clip (query by example)
     ranks by the cosine between its and each item's audio-tower vector.
     A long recording indexed as segments appears once, by its best segment,
-    unless ``all_segments``. Queries are encoded and searched ``batch_size`` at
+    unless ``all_segments``; with ``moments`` a text query's result in a long
+    recording spans the refined moment around its best segment
+    (`amr.moments.MomentRefiner`) instead of the segment. Queries are encoded and searched ``batch_size`` at
     a time. A Failure in the input (an unreadable line) passes through; a
     query that cannot be run (no words, an undecodable clip) becomes one."""
     stream = iter(queries)
     while batch := list(islice(stream, batch_size)):
-        yield from _run_batch(searcher, batch, top, explain_scores, exact, all_segments)
+        yield from _run_batch(searcher, batch, top, explain_scores, exact, all_segments, moments)
 
 
 def _run_batch(
-    searcher: Searcher, batch: list[QueryInput | Failure], top: int, explain_scores: bool, exact: bool, all_segments: bool
+    searcher: Searcher, batch: list[QueryInput | Failure], top: int, explain_scores: bool, exact: bool, all_segments: bool, moments: bool
 ) -> Iterator[Result | Failure]:
     failures: dict[int, Failure] = {}
     sequences: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # query → (frames, tag probabilities)
@@ -171,7 +182,9 @@ def _run_batch(
         found = [(int(r), float(s)) for r, s in zip(*ranked[i]) if r >= 0]
         for rank, (row, score) in enumerate(found, start=1):
             item = index.item_of_row(row)
-            start, end = (round(float(t), 3) for t in index.spans[row])
+            start, end = (float(t) for t in index.spans[row])
+            refined = searcher.moments().span(item.id, vectors[i], (start, end)) if moments and part is None else None
+            start, end = (round(t, 3) for t in (refined or (start, end)))
             yield Result(
                 query=q.text,
                 query_id=q.id,

@@ -16,7 +16,8 @@ A result is a record of ``amr query --format jsonl --explain`` without the
 query fields (those head the response) plus ``audio_url``: its ``explain``
 splits the score into what the audio and the metadata part contributed
 (part-wise inner products that add up to the score; for a clip or "similar",
-the one audio cosine), ``start``/``end`` are the matching segment in seconds.
+the one audio cosine), ``start``/``end`` are the matching segment in seconds
+(with ``amr serve --moments``, a text result's refined moment: amr.moments).
 Results are paged by ``offset`` and ``limit``: a page is the ranks
 offset+1 … offset+limit of one ranking of every item.
 
@@ -84,8 +85,9 @@ Offset = Annotated[int, Query(ge=0, description="Ranks skipped: the page starts 
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT, description="Results on the page.")]
 
 
-def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT) -> FastAPI:
-    """The page and the JSON API over ``searcher``; uploads above ``upload_limit`` bytes are refused."""
+def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bool = False) -> FastAPI:
+    """The page and the JSON API over ``searcher``; uploads above ``upload_limit`` bytes are refused;
+    ``moments``: text results in long recordings span their refined moment (`amr.query.run_queries`)."""
     index = searcher.index
     item_numbers = {item_id: i for i, item_id in enumerate(index.ids())}
     lock = threading.Lock()  # one query at a time through the models (and the lazily loaded audio model)
@@ -101,7 +103,7 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT) -> FastAPI:
     def ranked(queries: list[QueryInput], offset: int, limit: int) -> list[Result]:
         with lock:
             try:
-                outcomes = list(run_queries(searcher, queries, offset + limit, explain_scores=True))
+                outcomes = list(run_queries(searcher, queries, offset + limit, explain_scores=True, moments=moments))
             except AmrError as e:  # the audio model could not be loaded: no query by example on this server
                 raise HTTPException(503, str(e)) from None
         failed = [o for o in outcomes if isinstance(o, Failure)]
@@ -231,12 +233,13 @@ def serve(
     audio_weights: Path | None = None,
     device: torch.device | str = "cpu",
     upload_limit: int = UPLOAD_LIMIT,
+    moments: bool = False,
 ) -> None:
     """Serve the page and the API over the index until Ctrl-C. A missing
     index, one the checkpoint did not build, or a port in use is an AmrError
     before anything listens; a host other than loopback is warned about."""
     searcher = open_searcher(Path(index_path), checkpoint, audio_weights, device)
-    local = LocalServer(create_app(searcher, upload_limit), host, port)
+    local = LocalServer(create_app(searcher, upload_limit, moments), host, port)
     if not is_loopback(host):
         warn(f"listening on {host}: anyone who can reach this machine can search the index and play its audio files")
     console.print(f"{index_path}: {searcher.index.items_count} items at {local.url} (Ctrl-C stops)")

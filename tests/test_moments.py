@@ -176,3 +176,46 @@ def test_the_command_evaluates_moments(recordings, tmp_path: Path, mn04_weights:
     path.write_text(json.dumps({**lines[0], "vid": "nowhere"}) + "\n", encoding="utf-8")
     result = CliRunner().invoke(app, [*args, "-w", str(tmp_path)])
     assert result.exit_code == 1 and "recording 'nowhere' is no evaluated item" in result.stderr
+
+
+def test_query_results_carry_refined_spans(recordings, tmp_path: Path, mn04_weights: Path, text_encoder) -> None:
+    from amr.index import open_index
+    from amr.indexing import build_index
+    from amr.query import QueryInput, Searcher, run_queries
+    from amr.zeroshot import ZeroShotRetriever
+
+    work, queries = recordings
+    retriever = ZeroShotRetriever(text=text_encoder)
+    build_index(retriever, [work / "m.h5"], tmp_path / "index.h5", show_progress=False)
+    searcher = Searcher(open_index(tmp_path / "index.h5"), retriever, mn04_weights)
+    inputs = [QueryInput(q.id, q.text) for q in queries]
+    grid = [r for r in run_queries(searcher, inputs, 1) if r.id == r.query_id.split("#")[0]]
+    refined = {r.query_id: r for r in run_queries(searcher, inputs, 1, moments=True)}
+    truth = {q.id: q.windows[0] for q in queries}
+    assert grid and all(r.end - r.start == pytest.approx(10.0, abs=0.1) for r in grid)
+    spans = {q: (r.start, r.end) for q, r in refined.items()}
+    pairs = [(iou((r.start, r.end), truth[r.query_id]), iou(spans[r.query_id], truth[r.query_id])) for r in grid]
+    assert all(refined[r.query_id].id == r.id and refined[r.query_id].score == r.score for r in grid)  # same ranking, other spans
+    assert np.mean([b for _, b in pairs]) > np.mean([a for a, _ in pairs])
+    searcher.moments().close()
+
+
+def test_the_page_api_serves_refined_spans(recordings, tmp_path: Path, mn04_weights: Path, text_encoder) -> None:
+    from fastapi.testclient import TestClient
+
+    from amr.index import open_index
+    from amr.indexing import build_index
+    from amr.query import Searcher
+    from amr.serve import create_app
+    from amr.zeroshot import ZeroShotRetriever
+
+    work, queries = recordings
+    retriever = ZeroShotRetriever(text=text_encoder)
+    build_index(retriever, [work / "m.h5"], tmp_path / "index.h5", show_progress=False)
+    searcher = Searcher(open_index(tmp_path / "index.h5"), retriever, mn04_weights)
+    plain = TestClient(create_app(searcher)).get("/api/search", params={"q": queries[0].text, "limit": 3}).json()["results"]
+    refined = TestClient(create_app(searcher, moments=True)).get("/api/search", params={"q": queries[0].text, "limit": 3}).json()["results"]
+    assert [r["id"] for r in refined] == [r["id"] for r in plain]
+    assert all(r["end"] - r["start"] == pytest.approx(10.0, abs=0.1) for r in plain)
+    assert any(r["end"] - r["start"] != pytest.approx(10.0, abs=0.1) for r in refined)
+    searcher.moments().close()
