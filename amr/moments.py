@@ -48,11 +48,15 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from amr.errors import AmrError
+from amr.workspace import Workspace
+
+if TYPE_CHECKING:
+    import torch
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5:0.05:0.95
 RECALL_KS = (1, 5)
@@ -259,8 +263,8 @@ def evaluate_moments(
     *,
     zero_shot: bool = False,
     audio_weights: Path | None = None,
-    workspace: Any = None,
-    device: Any = "cpu",
+    workspace: Workspace | None = None,
+    device: torch.device | str = "cpu",
     config: RefineConfig = RefineConfig(),
 ) -> dict[str, Any]:
     """`amr evaluate --moments FILE`: each model's moment metrics on the grid and
@@ -270,7 +274,6 @@ def evaluate_moments(
     from amr.cache import open_caches
     from amr.encoder import ClipEmbedder
     from amr.evaluate import make_scorers
-    from amr.workspace import Workspace
 
     workspace = workspace or Workspace.resolve()
     queries = read_moments(path)
