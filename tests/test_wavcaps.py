@@ -111,7 +111,8 @@ def test_several_captions_per_audio_and_bad_entries(wavcaps: Path) -> None:
 
 def test_extract_makes_a_cache_of_it(wavcaps: Path, tmp_path: Path, mn04_weights: Path) -> None:
     out = tmp_path / "wavcaps.h5"
-    result = CliRunner().invoke(app, ["extract", str(wavcaps), "-o", str(out), "--audio-weights", str(mn04_weights), "--workers", "1"])
+    args = ["extract", str(wavcaps), "-o", str(out), "--audio-weights", str(mn04_weights), "--workers", "1", "-w", str(tmp_path / "ws")]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     with EmbeddingCache(out) as cache:
         assert sorted(item.id for item in cache.items) == ["AudioSet_SL/Y-0aBcDeFgHi.wav", "FreeSound/180913", "SoundBible/2215"]
