@@ -16,7 +16,7 @@ measures how well the text encoder matches a name to the list, not an
 independent source; the audio row is the one that says what the files alone
 give.
 
-    python bench/ucs.py [--work DIR]
+    python bench/ucs.py [--work DIR] [--limit N]
 
 The first run extracts the labelled clips (under a minute on 2 cores); later
 runs reuse the cache in --work (default amr-workspace/bench-ucs).
@@ -125,11 +125,11 @@ LABELS: dict[str, tuple[str, ...]] = {
 TITLE_TO_CATID = {title: catid for catid, titles in LABELS.items() for title in titles}
 
 
-def labelled_clips(work: Path) -> tuple[Path, dict[str, str]]:
-    """The cache of the labelled sfx-dev clips (extracted on the first run) and id → CatID."""
-    items = [item for item in load_dataset(SHARED / "data" / "sfx-dev").items if item.metadata.get("title") in TITLE_TO_CATID]
+def labelled_clips(work: Path, limit: int | None) -> tuple[Path, dict[str, str]]:
+    """The cache of the labelled sfx-dev clips (the first ``limit`` of them; extracted on the first run) and id → CatID."""
+    items = [item for item in load_dataset(SHARED / "data" / "sfx-dev").items if item.metadata.get("title") in TITLE_TO_CATID][:limit]
     labels = {item.id: TITLE_TO_CATID[str(item.metadata["title"])] for item in items}
-    cache = work / "sfx-dev-labelled.mn04_as.h5"
+    cache = work / f"sfx-dev-labelled{'' if limit is None else f'-{limit}'}.mn04_as.h5"
     if not cache.exists():
         work.mkdir(parents=True, exist_ok=True)
         weights = resolve_weights("mn04_as", SHARED / "weights" / "mn04_as_mAP_432.pt")
@@ -142,11 +142,12 @@ def labelled_clips(work: Path) -> tuple[Path, dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "amr-workspace" / "bench-ucs")
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N labelled clips (a quick check).")
     args = parser.parse_args()
     unknown = sorted(set(LABELS) - set(categories()))
     if unknown:
         raise SystemExit(f"not UCS {unknown}")
-    cache, labels = labelled_clips(args.work)
+    cache, labels = labelled_clips(args.work, args.limit)
     scorer = UcsScorer()
     entries = categories()
     used = sorted(set(labels.values()))

@@ -49,3 +49,10 @@ def test_query_bench_prints_its_table(tmp_path: Path) -> None:
     )
     rows = [line for line in out.splitlines() if line.startswith("| 2,000 |")]
     assert len(rows) == 2 and "ivf-sq8" in rows[1]
+
+
+def test_ucs_bench_prints_its_table(tmp_path: Path) -> None:
+    out = bench("ucs.py", "--work", str(tmp_path), "--limit", "12")
+    assert "12 hand-labelled sfx-dev clips" in out
+    for row in ("audio only", "metadata only", "fused", "chance"):
+        assert any(line.startswith(row) and len(line.split()) >= 3 for line in out.splitlines()), out
