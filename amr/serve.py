@@ -11,6 +11,12 @@ score split and machine tags of ``amr query --explain``. Endpoints (JSON unless 
     GET  /api/similar?id=&start=&offset=&limit= items that sound like one segment of an indexed item
     GET  /api/item?id=              one item: metadata, captions, segments with machine tags
     GET  /api/audio?id=             the item's audio file (HTTP Range requests: 206 partial content)
+    GET  /api/browse?q=&folder=&cat=&min_duration=&max_duration=&has_metadata=&offset=&limit=
+                                    a text query's results (or, without q, the items in index
+                                    order) that pass the filters (amr.browse), each with the
+                                    UCS category its model suggests when its name gives none
+    GET  /api/facets                the folders, UCS categories and duration range to filter by
+    GET  /api/peaks?id=             the waveform overview of the item's file (amr.peaks)
 
 A result is a record of ``amr query --format jsonl --explain`` without the
 query fields (those head the response) plus ``audio_url``: its ``explain``
@@ -54,9 +60,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from amr.browse import Filters, Library
 from amr.console import console, warn
 from amr.errors import AmrError
 from amr.index import explain, machine_tags, search
+from amr.peaks import PeakCache, peaks_folder
 from amr.query import EXAMPLE_PART, Failure, QueryInput, Result, Searcher, open_searcher, run_queries
 
 if TYPE_CHECKING:
@@ -199,6 +207,47 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
         suffix = path.suffix.lower()
         media_type = AUDIO_TYPES.get(suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type)
+
+    library = Library(searcher)
+    overviews = PeakCache(peaks_folder(index.path))
+
+    @app.get("/api/browse")
+    def browse(
+        q: Annotated[str | None, Query(description="The query text; none: the items in index order.")] = None,
+        folder: Annotated[str | None, Query(description="Only items in this folder (of their ids) or below it.")] = None,
+        cat: Annotated[str | None, Query(description="Only items of this UCS Category or CatID.")] = None,
+        min_duration: Annotated[float | None, Query(ge=0, description="Only items at least this long (s).")] = None,
+        max_duration: Annotated[float | None, Query(ge=0, description="Only items at most this long (s).")] = None,
+        has_metadata: Annotated[bool | None, Query(description="Only items with (true) or without (false) metadata.")] = None,
+        offset: Offset = 0,
+        limit: Limit = 10,
+    ) -> dict[str, Any]:
+        filters = Filters(folder or None, cat or None, min_duration, max_duration, has_metadata)
+        text = q if q and q.strip() else None
+        with lock:
+            try:
+                results, passing = library.search(text, filters, offset, limit)
+                suggested = [library.suggestion(r.id, r.start) for r in results]
+            except AmrError as e:
+                raise HTTPException(400, str(e)) from None
+        page = _page(text or "", offset, limit, passing, results)
+        for record, suggestion in zip(page["results"], suggested):
+            record["suggested"] = suggestion
+        return {**page, "filters": {name: value for name, value in vars(filters).items() if value is not None}}
+
+    @app.get("/api/facets")
+    def facets() -> dict[str, Any]:
+        with lock:
+            return library.facets()
+
+    @app.get("/api/peaks")
+    def peaks(id: Annotated[str, Query(description="An indexed item's id.")]) -> dict[str, Any]:
+        path = Path(index.item(item_number(id)).audio)
+        try:
+            overview = overviews.get(path)
+        except AmrError as e:
+            raise HTTPException(404 if not path.is_file() else 422, str(e)) from None
+        return {"id": id, **{k: overview[k] for k in ("duration", "frames", "sample_rate", "peaks")}}
 
     return app
 

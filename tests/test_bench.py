@@ -55,3 +55,10 @@ def test_moments_bench_prints_grid_and_refined_rows(tmp_path: Path) -> None:
     out = bench("moments.py", "--recordings", "3", "--work", str(tmp_path))
     rows = [line for line in out.splitlines() if line.startswith(("grid:", "refined:"))]
     assert len(rows) == 6 and rows[0].startswith("grid: 10 s windows") and "(default)" in rows[1]
+
+
+def test_ucs_bench_prints_its_table(tmp_path: Path) -> None:
+    out = bench("ucs.py", "--work", str(tmp_path), "--limit", "12")
+    assert "12 hand-labelled sfx-dev clips" in out
+    for row in ("audio only", "metadata only", "fused", "chance"):
+        assert any(line.startswith(row) and len(line.split()) >= 3 for line in out.splitlines()), out

@@ -171,3 +171,124 @@ def test_the_page_searches_plays_pages_and_queries_by_a_file(browser, real_api: 
     box.send_keys("?!\n")
     wait_until(browser, lambda d: d.execute_script("return document.body.dataset.state") == "error", "the error")
     assert browser.find_element("id", "status").text == "the query has no words"
+
+
+# ---------------------------------------------------------------- the page as a librarian's work tool
+
+from test_serve_library import library_api, library_index  # noqa: E402, F401  (fixtures)
+
+DRAG = """
+const [node] = arguments;
+const data = new DataTransfer();
+node.dispatchEvent(new DragEvent("dragstart", {dataTransfer: data, bubbles: true, cancelable: true}));
+return {download: data.getData("DownloadURL"), uri: data.getData("text/uri-list"), text: data.getData("text/plain")};
+"""
+
+
+def result_ids(driver) -> list[str]:
+    return [r.get_attribute("data-id") for r in wait_for_results(driver)]
+
+
+def test_filters_waveforms_keys_drag_and_ucs_categories(browser, library_api: str, library_index: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    # a search from its URL: the query and a filter, shown in the form
+    browser.get(f"{library_api}/?q=an+animal+calling&folder=Animals")
+    ids = result_ids(browser)
+    assert set(ids) == {
+        "Animals/ANMLDog_Two Dogs Barking_BSB_FARM.mp3",
+        "Animals/ANMLCat_Meowing Cat_BSB_FARM.mp3",
+        "Animals/Birds/rooster at dawn.mp3",
+    }
+    assert browser.find_element("id", "query").get_attribute("value") == "an animal calling"
+    assert Select(browser.find_element("id", "folder")).first_selected_option.get_attribute("value") == "Animals"
+
+    # a second filter narrows the results and is written into the URL
+    browser.execute_script("document.body.dataset.state = 'filtering'")
+    Select(browser.find_element("id", "category")).select_by_value("ANIMALS")
+    ids = result_ids(browser)
+    assert set(ids) == {"Animals/ANMLDog_Two Dogs Barking_BSB_FARM.mp3", "Animals/ANMLCat_Meowing Cat_BSB_FARM.mp3"}
+    assert "cat=ANIMALS" in browser.current_url and "folder=Animals" in browser.current_url and "q=an+animal+calling" in browser.current_url
+
+    # UCS categories: the name's, or the suggested one
+    results = wait_for_results(browser)
+    dog = results[ids.index("Animals/ANMLDog_Two Dogs Barking_BSB_FARM.mp3")]
+    assert dog.find_element("css selector", ".ucs").text == "UCS ANMLDog · ANIMALS-DOG"
+    browser.execute_script("document.body.dataset.state = 'filtering'")
+    Select(browser.find_element("id", "category")).select_by_value("")
+    Select(browser.find_element("id", "folder")).select_by_value("Transport")
+    (train,) = wait_for_results(browser)
+    assert train.find_element("css selector", ".ucs").text.startswith("Suggested UCS TRN")
+
+    # the waveform: drawn from the overview, the matching segment marked, a click seeks there
+    wave = train.find_element("css selector", ".wave")
+    wait_until(browser, lambda d: wave.get_attribute("data-ready") == "true", "the waveform")
+    duration = float(wave.get_attribute("data-duration"))
+    assert duration == pytest.approx(17.39, abs=0.01)
+    inked = browser.execute_script(
+        "const c = arguments[0].querySelector('canvas'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n / (d.length / 4);",
+        wave,
+    )
+    assert 0.05 < inked < 0.95  # a waveform, not a blank or filled box
+    mark = train.find_element("css selector", ".segment-mark")
+    end = float(
+        requests.get(f"{library_api}/api/browse", params={"folder": "Transport", "q": "an animal calling"}, timeout=60).json()["results"][
+            0
+        ]["end"]
+    )
+    assert mark.value_of_css_property("width") != "0px" and mark.get_attribute("style").find("width") >= 0
+    assert float(mark.get_attribute("style").split("width:")[1].split("%")[0]) == pytest.approx(100 * end / duration, abs=0.01)
+    width = wave.size["width"]
+    ActionChains(browser).move_to_element_with_offset(wave, width // 4 - width // 2 + 1, 0).click().perform()  # a quarter of the way in
+    audio = train.find_element("css selector", "audio")
+    wait_until(browser, lambda d: d.execute_script("return arguments[0].currentTime", audio) > 1, "the seek")
+    assert browser.execute_script("return arguments[0].currentTime", audio) == pytest.approx(duration / 4, abs=0.5)
+    browser.execute_script("arguments[0].pause()", audio)
+
+    # keyboard: next / previous result, space plays and stops
+    browser.execute_script("document.body.dataset.state = 'filtering'")
+    Select(browser.find_element("id", "folder")).select_by_value("")
+    results = wait_for_results(browser)
+    browser.execute_script("document.activeElement.blur()")
+
+    def press(key: str) -> None:
+        ActionChains(browser).send_keys(key).perform()
+
+    press("j")
+    press("j")
+    selected = browser.find_elements("css selector", "#results > li.selected")
+    assert [s.get_attribute("data-id") for s in selected] == [results[1].get_attribute("data-id")]
+    press("k")
+    selected = browser.find_element("css selector", "#results > li.selected")
+    assert selected.get_attribute("data-id") == results[0].get_attribute("data-id")
+    first_audio = results[0].find_element("css selector", "audio")
+    press(" ")
+    wait_until(browser, lambda d: not d.execute_script("return arguments[0].paused", first_audio), "playing")
+    press(" ")
+    wait_until(browser, lambda d: d.execute_script("return arguments[0].paused", first_audio), "stopped")
+
+    # drag out: the drag carries the file's URL (DownloadURL, Chromium's file drag), and the URL serves the file
+    dog = next(r for r in results if r.get_attribute("data-id") == "Animals/ANMLDog_Two Dogs Barking_BSB_FARM.mp3")
+    assert dog.get_attribute("draggable") == "true"
+    dragged = browser.execute_script(DRAG, dog)
+    kind, name, url = dragged["download"].split(":", 2)
+    path = library_index.parent / "lib" / "Animals" / "ANMLDog_Two Dogs Barking_BSB_FARM.mp3"
+    assert (kind, name, dragged["text"]) == ("audio/mpeg", path.name, str(path)) and url == dragged["uri"]
+    assert requests.get(url, timeout=60).content == path.read_bytes()
+    download = dog.find_element("css selector", "a.download")
+    assert (
+        download.get_attribute("download") == path.name
+        and requests.get(download.get_attribute("href"), timeout=60).content == path.read_bytes()
+    )
+
+    # copy path: the path is what the clipboard holds
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions", {"origin": library_api, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]}
+    )
+    dog.find_element("css selector", "button.copy-path").click()
+    wait_until(browser, lambda d: dog.find_element("css selector", "button.copy-path").text == "Copied", "the copy")
+    assert browser.execute_async_script("navigator.clipboard.readText().then(arguments[0], (e) => arguments[0]('failed: ' + e))") == str(
+        path
+    )

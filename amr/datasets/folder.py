@@ -24,11 +24,17 @@ folder's split (and that folder is not a keyword).
 
 Metadata, each field only where there is one:
 
-- ``title``: the embedded title, else the file name cleaned (`clean_name`);
+- ``title``: the embedded title, else the FXName of a UCS name, else the
+  file name cleaned (`clean_name`);
 - ``keywords``: the folders between the root and the file (each cleaned the
-  same way), then the embedded keywords and genres; repeated ones (ignoring
-  case) once;
-- ``description``: the embedded description or comment.
+  same way), then a UCS name's category, subcategory, CatID synonyms, vendor
+  and user category, then the embedded keywords and genres; repeated ones
+  (ignoring case) once;
+- ``description``: the embedded description or comment;
+- a UCS name's fields (`amr.ucs.UCS_FIELDS`: ``ucs_catid``, ``category``,
+  ``category_full``, ``creator``, ``source``, ...) and the embedded fields
+  that are not text to search (`amr.datasets.tags.Tags.fields`: the bext
+  originator and date, iXML scene and take, ...), kept as they are.
 
 A file whose tags cannot be read keeps its name-derived metadata, with a
 warning.
@@ -45,6 +51,7 @@ import soundfile as sf
 
 from amr.console import warn
 from amr.items import Item
+from amr.ucs import parse_name
 
 from .common import SPLIT_SYNONYMS, Problems, ReadOptions, encodable
 from .tags import TagError, read_tags, usable
@@ -94,6 +101,9 @@ def _item(root: Path, relative: str, splits: dict[str, str]) -> Item:
     split = splits[folders.pop(0)] if splits else "train"
     keywords = [word for word in map(clean_name, folders) if word]
     path = root / relative
+    ucs = parse_name(Path(name).stem)
+    metadata: dict[str, str | list[str]] = ucs.metadata() if ucs else {}
+    keywords += metadata.pop("keywords", [])
     title = description = None
     try:
         tags = read_tags(path)
@@ -102,13 +112,13 @@ def _item(root: Path, relative: str, splits: dict[str, str]) -> Item:
     else:
         keywords += usable(tags.keywords)
         title, description = tags.title, tags.description
+        metadata.update(tags.fields)
     first_spelling: dict[str, str] = {}
     for word in keywords:
         first_spelling.setdefault(word.lower(), word)
-    metadata: dict[str, str | list[str]] = {}
     if first_spelling:
         metadata["keywords"] = list(first_spelling.values())
-    title = title or clean_name(Path(name).stem)
+    title = title or metadata.pop("title", None) or (None if ucs else clean_name(Path(name).stem))
     if title:
         metadata["title"] = title
     if description:

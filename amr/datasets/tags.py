@@ -1,27 +1,35 @@
-"""The text embedded in audio files: titles, descriptions and keywords.
+"""The text embedded in audio files: titles, descriptions and keywords, and
+the recording's own fields (originator, date, scene, take, ...).
 
-mutagen reads ID3 (MP3, and the ID3 chunk of WAV and AIFF files) and Vorbis
-comments (Ogg Vorbis, Opus, FLAC, Ogg FLAC). The chunks WAV and AIFF carry
-natively, which mutagen does not read, are read here by walking the file's
-chunks (the audio data itself is skipped, never read):
+- WAV, BWF and RF64/BW64: ``wavinfo`` reads the ``LIST``/``INFO`` list, the
+  Broadcast Wave ``bext`` chunk and the ``iXML`` chunk (it seeks past the
+  audio data, never reads it);
+- ID3 (MP3, and the ID3 chunk of plain RIFF WAV and AIFF files) and Vorbis
+  comments (Ogg Vorbis, Opus, FLAC): mutagen;
+- AIFF/AIFC's own ``NAME`` and ``ANNO`` (annotation) chunks, which neither
+  library reads: walked here, the audio skipped.
 
-- RIFF WAVE (and RF64/BW64): the ``LIST``/``INFO`` list — INAM title, ICMT
-  comment, ISBJ subject, IKEY keywords, IGNR genre — and the Broadcast Wave
-  ``bext`` description (its first 256 bytes, NUL-padded);
-- AIFF/AIFC: the ``NAME`` and ``ANNO`` (annotation) chunks.
+INFO, bext and AIFF chunks declare no character set: they are read as UTF-8
+if they are, else as Windows-1252 or Latin-1
+(`amr.datasets.common.decode_guess`); iXML is XML and says its own.
 
-Those chunks declare no character set: they are read as UTF-8 if they are,
-else as Windows-1252 or Latin-1 (`amr.datasets.common.decode_guess`).
+What becomes text the encoders see, where several tags give a title or
+description the first in this order winning:
 
-Where several tags give a title or description, the first in this order wins:
+- title: INFO INAM, AIFF NAME, ID3 TIT2, Vorbis TITLE;
+- description: bext description, iXML NOTE, INFO ICMT, ISBJ, AIFF ANNO, ID3
+  COMM (not iTunes' ``iTun*`` bookkeeping), Vorbis DESCRIPTION, COMMENT,
+  COMMENTS;
+- keywords: INFO IKEY and IGNR, ID3 TCON and TXXX:KEYWORDS, Vorbis KEYWORDS
+  and GENRE, split at ``;`` and ``,`` (ID3 genres also at ``/``, ID3v2.3's
+  separator).
 
-- title: INAM, NAME, ID3 TIT2, Vorbis TITLE;
-- description: bext description, ICMT, ISBJ, ANNO, ID3 COMM (not iTunes'
-  ``iTun*`` bookkeeping), Vorbis DESCRIPTION, COMMENT, COMMENTS;
-
-and keywords collect IKEY, IGNR, ID3 TCON and TXXX:KEYWORDS, Vorbis KEYWORDS
-and GENRE, split at ``;`` and ``,`` (ID3 genres also at ``/``, ID3v2.3's
-separator).
+What describes the recording rather than the sound is kept as item metadata
+under its own name (`Tags.fields`, never encoded): ``bext_originator``,
+``bext_origination_date`` (date and time), ``bext_coding_history``,
+``ixml_project``, ``ixml_scene``, ``ixml_take``, ``ixml_tape``,
+``ixml_note``, ``ixml_user`` (the USER element's text), ``info_artist``,
+``info_copyright``, ``info_created``, ``info_software``, ``info_source``.
 
 Real files carry much that is not a description of the sound, and it is
 dropped: values without a letter (titles like ``16.8.17`` or ``1889``, the
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import mutagen
+import wavinfo
 from mutagen.aiff import AIFF
 from mutagen.id3 import ID3
 from mutagen.mp3 import MP3
@@ -49,8 +58,6 @@ from .common import decode_guess, encodable
 
 RIFF_SUFFIXES = (".wav", ".wave", ".bwf")
 AIFF_SUFFIXES = (".aif", ".aiff", ".aifc")
-BEXT_DESCRIPTION_BYTES = 256
-_RF64_UNKNOWN_SIZE = 0xFFFFFFFF
 
 _KEYWORD_SEPARATORS = re.compile(r"[;,]")
 _NUMERIC_GENRE = re.compile(r"\(\d+\)")  # ID3v2.3 "(17)Rock": the code adds nothing to the word
@@ -70,11 +77,13 @@ class Tags:
     titles: list[str] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: Tags) -> None:
         self.titles += other.titles
         self.descriptions += other.descriptions
         self.keywords += other.keywords
+        self.fields = {**other.fields, **self.fields}
 
     @property
     def title(self) -> str | None:
@@ -103,9 +112,9 @@ def read_tags(path: Path) -> Tags:
     tags, form = Tags(), None
     try:
         if suffix in RIFF_SUFFIXES:
-            tags, form = _chunk_tags(path, riff=True)
+            tags, form = _riff_tags(path)
         elif suffix in AIFF_SUFFIXES:
-            tags, form = _chunk_tags(path, riff=False)
+            tags, form = _aiff_tags(path)
     except OSError as e:
         raise TagError(e.strerror or str(e)) from None
     if form not in (b"RF64", b"BW64"):  # mutagen reads the ID3 chunk of plain RIFF files only
@@ -166,83 +175,122 @@ def _split(values: list[str]) -> list[str]:
     return [part for value in values for part in _KEYWORD_SEPARATORS.split(value)]
 
 
-# ---------------------------------------------------------------- RIFF and AIFF chunks
+# ---------------------------------------------------------------- RIFF: wavinfo
 
 
-def _chunk_tags(path: Path, riff: bool) -> tuple[Tags, bytes]:
-    """The tags of a WAV or AIFF file's own chunks, and its form (RIFF, RF64, BW64 or FORM)."""
-    info, bext, names, annotations = Tags(), [], [], []
+def _riff_tags(path: Path) -> tuple[Tags, bytes]:
+    """The INFO, bext and iXML tags of a WAV file, and its form (RIFF, RF64 or BW64)."""
     with open(path, "rb") as f:
         form = f.read(4)
-        f.seek(0)
-        for chunk_id, body in _text_chunks(f, riff):
-            if chunk_id == b"LIST" and body[:4] == b"INFO":
-                _add_info(info, body[4:])
-            elif chunk_id == b"bext":
-                bext.append(_bext_description(body))
-            elif chunk_id == b"NAME":
-                names.append(_text(body))
-            elif chunk_id == b"ANNO":
-                annotations.append(_text(body))
-    return Tags(info.titles + names, bext + info.descriptions + annotations, info.keywords), form
+    if form not in (b"RIFF", b"RF64", b"BW64"):
+        raise TagError(f"not a RIFF WAVE file (it starts with {form!r})")
+    try:
+        # Latin-1 maps every byte to one character, so the bytes come back for decode_guess
+        reader = wavinfo.WavInfoReader(str(path), info_encoding="latin-1", bext_encoding="latin-1")
+    except OSError:
+        raise
+    # wavinfo asserts on what it does not expect and does not wrap the
+    # struct, EOF and XML errors of a damaged file: any of them is a TagError.
+    except Exception as e:
+        raise TagError(_wavinfo_problem(e)) from None
+    tags = Tags()
+    bext, ixml, info = reader.bext, reader.ixml, reader.info
+    if bext is not None:
+        tags.descriptions.append(_bext_description(_redecode(bext.description)))
+        date = " ".join(part for part in (_redecode(bext.originator_date), _redecode(bext.originator_time)) if part.strip())
+        _put(
+            tags, bext_originator=_redecode(bext.originator), bext_origination_date=date, bext_coding_history=_redecode(bext.coding_history)
+        )
+    if ixml is not None:
+        note = ixml.raw_xml.find("./NOTE")
+        user = ixml.raw_xml.find("./USER")
+        note_text = " ".join(note.itertext()) if note is not None else ""
+        tags.descriptions.append(note_text)
+        _put(
+            tags,
+            ixml_project=ixml.project,
+            ixml_scene=ixml.scene,
+            ixml_take=ixml.take,
+            ixml_tape=ixml.tape,
+            ixml_note=note_text,
+            ixml_user=" ".join(user.itertext()) if user is not None else "",
+        )
+    if info is not None:
+        tags.titles += _present(info.title)
+        tags.descriptions += _present(info.comment) + _present(info.subject)
+        tags.keywords += [part for value in _present(info.keywords) + _present(info.genre) for part in _KEYWORD_SEPARATORS.split(value)]
+        _put(
+            tags,
+            info_artist=_redecode(info.artist),
+            info_copyright=_redecode(info.copyright),
+            info_created=_redecode(info.created_date),
+            info_software=_redecode(info.software),
+            info_source=_redecode(info.source),
+        )
+    return tags, form
 
 
-def _text_chunks(f: BinaryIO, riff: bool) -> list[tuple[bytes, bytes]]:
-    """(id, body) of the chunks that can hold text (LIST, bext, NAME, ANNO),
-    in file order; the others, audio data included, are skipped by seeking."""
+def _wavinfo_problem(e: Exception) -> str:
+    if isinstance(e, wavinfo.riff_parser.WavInfoEOFError):
+        return f"the file ends inside a chunk (at byte {e.chunk_start})"
+    return f"its chunks cannot be parsed ({str(e) or type(e).__name__})"
+
+
+def _redecode(value: str | None) -> str:
+    """A field wavinfo read as Latin-1, decoded as its bytes really are (up to the first NUL)."""
+    return _text(value.encode("latin-1")) if value else ""
+
+
+def _present(value: str | None) -> list[str]:
+    text = _redecode(value)
+    return [text] if text else []
+
+
+def _put(tags: Tags, **values: str | None) -> None:
+    """The fields that hold text after whitespace is collapsed."""
+    for name, value in values.items():
+        text = " ".join((value or "").split())
+        if text and encodable(text):
+            tags.fields[name] = text
+
+
+def _bext_description(text: str) -> str:
+    """The bext description without the ``key=value`` lines recorders put there."""
+    return " ".join(line for line in text.splitlines() if not _RECORDER_FIELD.match(line.strip()))
+
+
+# ---------------------------------------------------------------- AIFF chunks
+
+
+def _aiff_tags(path: Path) -> tuple[Tags, bytes]:
+    """The tags of an AIFF file's NAME and ANNO chunks, and its form (FORM)."""
+    names, annotations = [], []
+    with open(path, "rb") as f:
+        for chunk_id, body in _aiff_text_chunks(f):
+            (names if chunk_id == b"NAME" else annotations).append(_text(body))
+    return Tags(titles=names, descriptions=annotations), b"FORM"
+
+
+def _aiff_text_chunks(f: BinaryIO) -> list[tuple[bytes, bytes]]:
+    """(id, body) of the NAME and ANNO chunks, in file order; the others,
+    audio data included, are skipped by seeking."""
     end = os.fstat(f.fileno()).st_size
     header = f.read(12)
-    form = (b"RIFF", b"RF64", b"BW64") if riff else (b"FORM",)
-    kinds = (b"WAVE",) if riff else (b"AIFF", b"AIFC")
-    if len(header) < 12 or header[:4] not in form or header[8:12] not in kinds:
-        raise TagError(f"not a {'RIFF WAVE' if riff else 'AIFF'} file (its header is {header[:12]!r})")
-    layout = "<4sI" if riff else ">4sI"
-    position, data_size, found = 12, None, []
+    if len(header) < 12 or header[:4] != b"FORM" or header[8:12] not in (b"AIFF", b"AIFC"):
+        raise TagError(f"not an AIFF file (its header is {header[:12]!r})")
+    position, found = 12, []
     while position + 8 <= end:
         f.seek(position)
-        chunk_id, size = struct.unpack(layout, f.read(8))
-        if chunk_id == b"ds64":  # RF64: the real sizes, as 64-bit numbers (RIFF, then data)
-            sizes = f.read(16)
-            if len(sizes) < 16:
-                raise TagError("the ds64 chunk is truncated")
-            data_size = struct.unpack("<QQ", sizes)[1]
-        if size == _RF64_UNKNOWN_SIZE and chunk_id == b"data" and header[:4] != b"RIFF":
-            if data_size is None:
-                break  # an RF64 file without ds64: nothing after the audio can be found
-            size = data_size
+        chunk_id, size = struct.unpack(">4sI", f.read(8))
         body_end = position + 8 + size
         if body_end > end:
-            if chunk_id in (b"data", b"SSND"):
+            if chunk_id == b"SSND":
                 break  # truncated audio: no tags can follow it
             raise TagError(f"chunk {chunk_id.decode('latin-1')!r} at byte {position} runs past the end of the file")
-        if chunk_id in (b"LIST", b"bext", b"NAME", b"ANNO"):
+        if chunk_id in (b"NAME", b"ANNO"):
             found.append((chunk_id, f.read(size)))
         position = body_end + (size & 1)  # chunks are padded to an even length
     return found
-
-
-def _add_info(tags: Tags, body: bytes) -> None:
-    """The subchunks of a LIST/INFO body: 4-byte id, 32-bit little-endian size, NUL-terminated text."""
-    position = 0
-    while position + 8 <= len(body):
-        info_id, size = struct.unpack("<4sI", body[position : position + 8])
-        value = body[position + 8 : position + 8 + size]
-        if len(value) < size:
-            raise TagError(f"INFO field {info_id.decode('latin-1')!r} runs past the end of its list")
-        text = _text(value)
-        if info_id == b"INAM":
-            tags.titles.append(text)
-        elif info_id in (b"ICMT", b"ISBJ"):
-            tags.descriptions.append(text)
-        elif info_id in (b"IKEY", b"IGNR"):
-            tags.keywords += _KEYWORD_SEPARATORS.split(text)
-        position += 8 + size + (size & 1)
-
-
-def _bext_description(body: bytes) -> str:
-    """The bext description without the ``key=value`` lines recorders put there."""
-    lines = _text(body[:BEXT_DESCRIPTION_BYTES]).splitlines()
-    return " ".join(line for line in lines if not _RECORDER_FIELD.match(line.strip()))
 
 
 def _text(data: bytes) -> str:
