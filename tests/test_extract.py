@@ -398,3 +398,40 @@ def test_parts_of_two_writers_never_collide(tmp_path: Path, sounds_cache: Path) 
             writer.add(clip)
     names = sorted(p.name for p in (tmp_path / "parts").iterdir())
     assert len(names) == 4 == len(set(names)) and all(name.startswith("part-") and name.endswith(".h5") for name in names)
+
+
+# `amr extract` with every file it writes limited to sys.argv[1] bytes (RLIMIT_FSIZE: a write
+# beyond it fails with EFBIG, the way a full disk fails one with ENOSPC, without needing a small
+# file system) and parts of 8 clips, so that the parts fit and the merged cache does not.
+SIZE_LIMITED = textwrap.dedent(
+    """
+    import resource, signal, sys
+    import amr.extract
+    from amr.cli import main
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+    amr.extract.extract.__kwdefaults__["part_size"] = 8
+    sys.argv = ["amr", *sys.argv[2:]]
+    main()
+    """
+)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_finished_parts_are_kept(shared: Path, mn04_weights: Path, tmp_path: Path) -> None:
+    """HDF5 failed the dataset close that hit the full disk, kept the file open and crashed
+    at exit (exit 139) when h5py closed it again; amr.hdf5.created keeps HDF5 out of it."""
+    out = tmp_path / "sounds.h5"
+    command = ["extract", str(shared / "data" / "sounds"), "-o", str(out), "--audio-weights", str(mn04_weights), "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    full = subprocess.run([sys.executable, "-c", SIZE_LIMITED, str(700 << 10), *command], cwd=REPO, env=env, capture_output=True, text=True)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error")]
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert errors == [f"error: {out}: File too large"], full.stderr[-2000:]
+    assert "Traceback" not in full.stderr and not out.exists()
+    assert not list(tmp_path.rglob(".*.tmp")), "no temporary file is left behind"
+    parts = sorted(parts_folder(out).glob("part-*.h5"))
+    assert len(parts) == 5  # 39 clips in parts of 8
+    rerun = subprocess.run([sys.executable, "-m", "amr", *command], cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["items"], summary["computed"], summary["reused"]) == (39, 0, 39)
