@@ -10,7 +10,18 @@ training views. The numbers (rate, FFT size, hop, mel bands, ...) are a
 
 A file that cannot be embedded raises `AudioError`, whose ``kind`` names the
 problem for the failures report: ``missing``, ``empty``, ``not-audio``,
-``corrupt``, ``truncated``, ``non-finite`` or ``no-samples``.
+``corrupt``, ``truncated``, ``non-finite``, ``out-of-range`` or ``no-samples``.
+
+Absurd samples are refused, not embedded: a NaN or infinite sample
+(``non-finite``), or one beyond ±MAX_SAMPLE (``out-of-range``). Decoded audio
+has full scale ±1; only float files can exceed it, and real ones do so by a
+few dB (overs of a float master, +24 dB at the very most). Samples 60 dB above
+full scale (1000) are not a recording but garbage read as floats (random bytes
+as float data are mostly far larger: half of all bit patterns exceed 1, many
+1e30), and such values overflow the log-mel's float32 power (|x| of about
+1e14 and above) into infinities and then NaN embeddings. The bound is far from
+both: no real float recording is refused, and every sample that passes gives
+finite log-mels.
 
 Truncated files are refused, not embedded. A WAV whose header declares more
 sample data than the file holds (an interrupted copy or download) would
@@ -86,6 +97,7 @@ class AudioError(AmrError):
 # 320 for 44.1 -> 32 kHz but 32000 (1.4 GB, half a minute to build) for 11127 Hz.
 # Ratios with more phases than this are interpolated sample by sample instead.
 _MAX_RESAMPLE_PHASES = 2048
+MAX_SAMPLE = 1000.0  # the loudest sample embedded: 60 dB above full scale (see the module docstring)
 _MIN_GEMM_PHASES = 64
 _LOWPASS_ZERO_CROSSINGS = 6
 _ROLLOFF = 0.99
@@ -112,10 +124,9 @@ def iter_windows(path: Path, sample_rate: int, window_seconds: float, start_wind
                     return
                 sound.seek(start_window * block)
             while len(data := sound.read(block, dtype="float32")):
+                _check_samples(path, data)
                 if data.ndim == 2:
                     data = _mix_down(data)
-                if not np.isfinite(data).all():
-                    raise AudioError(path, "non-finite", "NaN or infinite samples")
                 window = resample(data)
                 if len(window):  # a last sample or two can round to nothing
                     empty = False
@@ -124,6 +135,18 @@ def iter_windows(path: Path, sample_rate: int, window_seconds: float, start_wind
             raise AudioError(path, "corrupt", f"corrupt or truncated audio ({_reason(e)})") from e
     if empty and not start_window:
         raise AudioError(path, "no-samples", "no audio samples")
+
+
+def _check_samples(path: Path, data: np.ndarray) -> None:
+    """Refuse NaN, infinite and out-of-range samples (beyond ±MAX_SAMPLE; see the module docstring)."""
+    peak = float(np.abs(data).max())
+    if peak <= MAX_SAMPLE:
+        return
+    if not np.isfinite(data).all():
+        raise AudioError(path, "non-finite", "NaN or infinite samples; not embedded")
+    raise AudioError(
+        path, "out-of-range", f"samples up to {peak:.3g}, beyond ±{MAX_SAMPLE:g} (full scale is ±1): not a recording; not embedded"
+    )
 
 
 def _mix_down(data: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ can overwrite or delete another's work even without the lock.
 
 Clips that cannot be embedded are reported and listed in
 ``<cache>.failures.jsonl``, one JSON object per line: ``id``, ``audio``,
-``kind`` (missing, empty, not-audio, corrupt, truncated, non-finite,
+``kind`` (missing, empty, not-audio, corrupt, truncated, non-finite, out-of-range,
 no-samples; see amr.audio) and ``reason``. None of them is in the cache
 (truncated files included: see amr.audio for why); the run goes on.
 """

@@ -137,6 +137,15 @@ def write_bad_audio(root: Path) -> dict[str, str | None]:
     with_nan = noise(32000, 1.0)
     with_nan[100] = np.nan
     sf.write(audio / "nan.wav", with_nan, 32000, subtype="FLOAT")
+    huge = noise(32000, 1.0)
+    huge[5000] = 1e20  # finite in float32, but its log-mel power overflows
+    sf.write(audio / "huge.wav", huge, 32000, subtype="FLOAT")
+    garbage = rng.integers(0, 2**32, 8000, dtype=np.uint32)
+    garbage[(garbage >> 23) & 0xFF == 0xFF] &= ~np.uint32(1 << 30)  # random bytes as float data, but no NaN or inf pattern
+    sf.write(audio / "random floats.wav", garbage.view(np.float32), 8000, subtype="FLOAT")
+    loud = noise(32000, 1.0)
+    loud[::100] = 16.0  # +24 dB over full scale: a loud float master, embedded
+    sf.write(audio / "loud float.wav", loud, 32000, subtype="FLOAT")
     (audio / "empty.wav").write_bytes(b"")
     (audio / "text.mp3").write_text("this is not audio\n" * 100)
     sf.write(audio / "whole.wav", noise(44100, 5.0), 44100, subtype="PCM_16")
@@ -151,6 +160,9 @@ def write_bad_audio(root: Path) -> dict[str, str | None]:
         "très court ñ.ogg": None,
         "long 35 s.wav": None,
         "nan.wav": "non-finite: NaN",
+        "huge.wav": "out-of-range: samples up to 1e+20, beyond ±1000",
+        "random floats.wav": "out-of-range: beyond ±1000 (full scale is ±1)",
+        "loud float.wav": None,
         "empty.wav": "empty: empty",
         "text.mp3": "not-audio: not an audio file",
         "truncated.wav": "truncated: truncated: the header declares 5.00 s of audio, the file holds 2.00 s",
@@ -184,6 +196,7 @@ def test_bad_audio_is_reported_by_name_and_the_run_goes_on(tmp_path: Path, mn04_
         assert cache.lengths[ok["très court ñ.ogg"]] >= 1
         assert cache.lengths[ok["long 35 s.wav"]] == 32 + 32 + 32 + 16  # four windows: 10 + 10 + 10 + 5 s
         assert np.isfinite(cache.sequence(ok["silence.wav"])).all()
+        assert all(np.isfinite(cache.sequence(i)).all() and np.isfinite(cache.tags[i]).all() for i in ok.values())
 
 
 def test_long_file_split_into_worker_segments(tmp_path: Path, weights, monkeypatch) -> None:
