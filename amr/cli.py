@@ -477,7 +477,14 @@ def index(
 
 # --- query --------------------------------------------------------------------------------
 
-from amr.query import Format  # noqa: E402  (the output formats)
+from amr.query import MAX_EXAMPLE_SECONDS, Format  # noqa: E402  (the output formats, the example clips' limit)
+
+MaxQuerySecondsOption = Annotated[
+    float,
+    typer.Option(
+        "--max-query-seconds", min=0.0, help="Longest example clip accepted, in seconds of decoded audio (longer ones fail as queries)."
+    ),
+]
 
 
 @command
@@ -509,6 +516,7 @@ def query(
     audio_weights: Annotated[
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model, for --audio.")
     ] = None,
+    max_query_seconds: MaxQuerySecondsOption = MAX_EXAMPLE_SECONDS,
     threads: Annotated[
         int,
         typer.Option(
@@ -536,7 +544,7 @@ def query(
         raise AmrError("no queries: give query texts, '-' to read them from stdin, or --audio FILE")
     torch.set_num_threads(threads)
     path = index_path or Workspace.resolve(workspace).latest("index")
-    searcher = open_searcher(path, checkpoint, audio_weights, resolve_device(device.value))
+    searcher = open_searcher(path, checkpoint, audio_weights, resolve_device(device.value), max_query_seconds)
     parts = [name for name, _ in searcher.index.header.parts] if explain else None
     writer = make_writer(fmt or default_format(sys.stdout), sys.stdout, parts)
     failed = 0
@@ -575,6 +583,7 @@ def serve(
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local file of the audio model, for uploaded clips.")
     ] = None,
     upload_limit: Annotated[int, typer.Option(min=1, help="Largest clip accepted for query by example, in MiB.")] = 64,
+    max_query_seconds: MaxQuerySecondsOption = MAX_EXAMPLE_SECONDS,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads of the query encoder and of exact search.")] = 1,
     device: DeviceOption = Device.cpu,
     workspace: WorkspaceOption = None,
@@ -599,6 +608,7 @@ def serve(
         audio_weights=audio_weights,
         device=resolve_device(device.value),
         upload_limit=upload_limit << 20,
+        max_query_seconds=max_query_seconds,
     )
 
 
