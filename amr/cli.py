@@ -222,6 +222,7 @@ def extract(
         segments=grid,
         engine=ray_engine,
         device=resolve_device(device.value),
+        unreadable=data.unreadable,
     )
     ws.set_latest("cache", output)
     _emit(

@@ -71,7 +71,7 @@ from amr.console import progress, warn
 from amr.encoder import AudioEncoder
 from amr.errors import AmrError
 from amr.files import atomic_write, exclusive
-from amr.items import Item
+from amr.items import Failure, Item
 from amr.segments import SegmentGrid
 from amr.weights import AudioSettings, ResolvedWeights
 
@@ -81,14 +81,6 @@ from amr.weights import AudioSettings, ResolvedWeights
 MAX_WAIT_WINDOWS = 1024
 SEGMENT_WINDOWS = 18  # windows a worker decodes per task (3 minutes of audio)
 PART_SIZE = 256  # clips per part file
-
-
-@dataclass
-class Failure:
-    id: str
-    audio: str
-    kind: str  # amr.audio.AudioError.kind, or "unreadable"
-    reason: str
 
 
 @dataclass
@@ -127,6 +119,7 @@ def extract(
     segments: SegmentGrid = SegmentGrid(),
     engine: Engine | None = None,
     device: torch.device | str = "cpu",
+    unreadable: Sequence[Failure] = (),
 ) -> ExtractReport:
     """Extract every item's embedding sequence (and a long clip's segment tags,
     on the grid ``segments``) into the cache at ``output``.
@@ -137,7 +130,9 @@ def extract(
     captions. Holds the cache's lock throughout: a concurrent run on the same
     cache raises AmrError at once. ``engine`` embeds the clips (default: this
     machine's decoding processes, `embed_items`; amr.ray_engine runs on Ray);
-    the model runs on ``device``."""
+    the model runs on ``device``. ``unreadable``: files the dataset reader
+    could not make items of (Dataset.unreadable), reported with the clips that
+    fail to decode."""
     started = time.perf_counter()
     output = Path(output)
     with exclusive(output, "cache"):
@@ -146,7 +141,9 @@ def extract(
         parts = parts_folder(output)
         _remove_stale_temporaries(output, parts)
         todo = pending(items, output, info)
-        failures: list[Failure] = []
+        failures: list[Failure] = list(unreadable)
+        for failure in unreadable:
+            warn(f"skipped: {failure.reason}")
         audio_seconds = 0.0
         if todo:
             writer = PartWriter(parts, info, part_size)
@@ -163,7 +160,7 @@ def extract(
     return ExtractReport(
         cache=output,
         items=merged.items,
-        computed=len(todo) - len(failures),
+        computed=len(todo) - len(failures) + len(unreadable),
         reused=len(items) - len(todo),
         dropped=merged.dropped,
         failures=failures,

@@ -62,14 +62,29 @@ class Query:
 
 
 @dataclass
+class Failure:
+    """A clip that could not be embedded, as `amr extract` reports it in
+    ``<cache>.failures.jsonl``: ``kind`` is an amr.audio.AudioError kind, or
+    ``unreadable`` (a file or folder that cannot be read, a name that cannot be stored)."""
+
+    id: str
+    audio: str
+    kind: str
+    reason: str
+
+
+@dataclass
 class Dataset:
     """What a reader returns: the items, and the queries the dataset defines
-    explicitly (``queries.jsonl``). Caption queries are derived on demand."""
+    explicitly (``queries.jsonl``). Caption queries are derived on demand.
+    ``unreadable``: files of a plain folder (the folder layout) that could not
+    become items; `amr extract` reports them with the clips that fail to decode."""
 
     name: str
     root: Path
     items: list[Item]
     queries: list[Query] = field(default_factory=list)
+    unreadable: list[Failure] = field(default_factory=list)
 
 
 def caption_queries(items: Iterable[Item]) -> list[Query]:

@@ -89,11 +89,13 @@ def load_dataset(
     problems = Problems(lenient, on_skip)
     items = _stamped(LAYOUTS[name].read_items(root, ReadOptions(problems, encoding, allow_outside_root)), problems)
     if not items:
-        raise AmrError(f"{root}: no items ({name} layout)")
+        unreadable = problems.unreadable
+        why = f"; {len(unreadable)} unreadable file(s), the first: {unreadable[0].reason}" if unreadable else ""
+        raise AmrError(f"{root}: no items ({name} layout){why}")
     queries_path = root / generic.QUERIES_JSONL
     known = {item.id for item in items}
     queries = generic.read_queries(queries_path, known, problems, encoding) if queries_path.is_file() else []
-    return Dataset(root.name, root, items, queries)
+    return Dataset(root.name, root, items, queries, problems.unreadable)
 
 
 def _stamped(items: list[Item], problems: Problems) -> list[Item]:

@@ -9,10 +9,13 @@ Symbolic links are followed, each folder once by its real path, so a link
 loop, or a link to a folder above the root, is not walked again. Each file is
 opened with the decoder (header only) before it becomes an item: a file it
 cannot read (an ``.m4a``, which libsndfile does not decode; a text file named
-``.wav``; an empty file) is left out and reported through ``on_skip`` — in
-strict mode too, as a sound library is not a manifest someone wrote and one
-odd file should not stop it. So are names that are not valid UTF-8 (they could
-not be stored) and folders that cannot be listed.
+``.wav``; an empty file) is left out and recorded in ``Dataset.unreadable``
+(`Problems.unreadable_file`), which `amr extract` reports with the clips that
+fail to decode (``<cache>.failures.jsonl``, exit code 3), as for a manifest
+layout whose audio does not decode — in strict mode too, as a sound library
+is not a manifest someone wrote and one odd file should not stop it. So are
+names that are not valid UTF-8 (they could not be stored; the report shows
+the bytes escaped), broken links and folders that cannot be listed.
 
 An item's id is its path relative to the root, with ``/`` separators.
 
@@ -135,7 +138,7 @@ def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as e:
             if problems:
-                problems.skip(str(folder), f"folder cannot be listed ({e.strerror}); left out")
+                problems.unreadable_file(relative or ".", str(folder), "unreadable", f"folder cannot be listed ({e.strerror}); left out")
             continue
         subfolders = []
         for entry in entries:
@@ -144,15 +147,16 @@ def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
                 continue
             if not encodable(entry.name):
                 if problems:
-                    shown = os.fsencode(root / path).decode("utf-8", "backslashreplace")
-                    problems.skip(shown, "name is not valid UTF-8, so it cannot be stored; rename it to include it")
+                    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+                    message = "name is not valid UTF-8, so it cannot be stored; rename it to include it"
+                    problems.unreadable_file(shown, os.fsencode(root / path).decode("utf-8", "backslashreplace"), "unreadable", message)
             elif entry.is_dir():
                 subfolders.append(path)
             elif entry.name.lower().endswith(suffixes):
                 if entry.is_file():
                     yield path
                 elif problems:
-                    problems.skip(str(root / path), "not a regular file (a broken link?); left out")
+                    problems.unreadable_file(path, str(root / path), "missing", "not a regular file (a broken link?); left out")
         pending.extend(reversed(subfolders))
 
 
@@ -161,7 +165,7 @@ def _decodable(root: Path, relative: str, problems: Problems) -> bool:
     path = root / relative
     try:
         if path.stat().st_size == 0:
-            problems.skip(str(path), "empty file (0 bytes); left out")
+            problems.unreadable_file(relative, str(path), "empty", "empty file (0 bytes); left out")
             return False
         sf.info(str(path))
     except sf.SoundFileError as e:
@@ -169,10 +173,10 @@ def _decodable(root: Path, relative: str, problems: Problems) -> bool:
             reason = f"{path.suffix} cannot be decoded (amr reads WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF); convert it, e.g. to FLAC"
         else:
             reason = f"not audio the decoder can read ({getattr(e, 'error_string', None) or e}); left out"
-        problems.skip(str(path), reason)
+        problems.unreadable_file(relative, str(path), "not-audio", reason)
         return False
     except OSError as e:
-        problems.skip(str(path), f"cannot be read ({e.strerror}); left out")
+        problems.unreadable_file(relative, str(path), "unreadable", f"cannot be read ({e.strerror}); left out")
         return False
     return True
 
