@@ -169,6 +169,9 @@ def extract(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the SpecAugment views.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --output cache of another dataset (none of its clips in this one): refused without.")
+    ] = False,
     engine: Annotated[
         ExtractEngine, typer.Option(help="local: decoding processes on this machine; ray: a Ray cluster (pip install 'amr\\[ray]').")
     ] = ExtractEngine.local,
@@ -223,6 +226,7 @@ def extract(
         engine=ray_engine,
         device=resolve_device(device.value),
         unreadable=data.unreadable,
+        force=force,
     )
     ws.set_latest("cache", output)
     _emit(

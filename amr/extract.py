@@ -120,6 +120,7 @@ def extract(
     engine: Engine | None = None,
     device: torch.device | str = "cpu",
     unreadable: Sequence[Failure] = (),
+    force: bool = False,
 ) -> ExtractReport:
     """Extract every item's embedding sequence (and a long clip's segment tags,
     on the grid ``segments``) into the cache at ``output``.
@@ -132,7 +133,9 @@ def extract(
     machine's decoding processes, `embed_items`; amr.ray_engine runs on Ray);
     the model runs on ``device``. ``unreadable``: files the dataset reader
     could not make items of (Dataset.unreadable), reported with the clips that
-    fail to decode."""
+    fail to decode. A cache at ``output`` none of whose clips is among
+    ``items`` (by id) is another dataset's: refused unless ``force`` (which
+    replaces it), rather than dropping all its clips."""
     started = time.perf_counter()
     output = Path(output)
     with exclusive(output, "cache"):
@@ -140,7 +143,7 @@ def extract(
         info = cache_info(weights, augment_views, segments)
         parts = parts_folder(output)
         _remove_stale_temporaries(output, parts)
-        todo = pending(items, output, info)
+        todo = pending(items, output, info, force)
         failures: list[Failure] = list(unreadable)
         for failure in unreadable:
             warn(f"skipped: {failure.reason}")
@@ -544,13 +547,20 @@ def _grid(grid: SegmentGrid) -> str:
     return f"{grid.seconds:g} s segments every {grid.hop:g} s of clips over {grid.long_seconds:g} s"
 
 
-def pending(items: Sequence[Item], output: Path, info: CacheInfo) -> list[Item]:
+def pending(items: Sequence[Item], output: Path, info: CacheInfo, force: bool = False) -> list[Item]:
     """The items that neither the cache at ``output`` nor its parts hold (by
     `item_key`): new clips, changed files, and those an interrupted run did
-    not finish. Refuses a cache or part `info` cannot be merged with."""
+    not finish. Refuses a cache or part `info` cannot be merged with, and
+    (unless ``force``) a cache of another dataset: one holding clips, none of them among ``items``."""
     done: set[ItemKey] = set()
+    ids = {item.id for item in items}
     for path in _sources(output, parts_folder(output)):
         with _open(path, info) as cache:
+            if path == output and cache.items and not force and not any(item.id in ids for item in cache.items):
+                raise AmrError(
+                    f"{output}: the embedding cache of another dataset (none of its {len(cache.items)} clips is in this one); "
+                    "extracting into it would drop them all: choose another --output, or pass --force to replace it"
+                )
             done.update(item_key(item) for item in cache.items)
     return [item for item in items if item_key(item) not in done]
 

@@ -80,6 +80,29 @@ def test_rerun_reuses_and_refreshes_metadata(sounds_cache: Path, sounds: list[It
         np.testing.assert_array_equal(cache.all_frames(), original.all_frames())
 
 
+def test_a_cache_of_another_dataset_is_refused_unless_forced(sounds_cache: Path, shared: Path, mn04_weights: Path, tmp_path) -> None:
+    """`extract -o` onto another dataset's cache replaced all its clips ("dropped": 39) without a word."""
+    theirs = tmp_path / "sounds.h5"
+    shutil.copy(sounds_cache, theirs)
+    dataset = tmp_path / "other"
+    (dataset / "audio").mkdir(parents=True)
+    shutil.copy(shared / "data" / "sounds" / "audio" / "esc50-2-104952-A-16.wav", dataset / "audio" / "wind.wav")
+    (dataset / "items.jsonl").write_text(json.dumps({"id": "wind", "audio": "audio/wind.wav"}) + "\n")
+    command = ["extract", str(dataset), "-o", str(theirs), "--audio-weights", str(mn04_weights), "--workers", "1"]
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr.replace("\n", "").startswith(f"error: {theirs}: the embedding cache of another dataset (none of its 39 clips")
+    with EmbeddingCache(theirs) as cache, EmbeddingCache(sounds_cache) as original:
+        assert cache.items == original.items
+    forced = CliRunner().invoke(app, [*command, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout)["dropped"] == 39
+    with EmbeddingCache(theirs) as cache:
+        assert [item.id for item in cache.items] == ["wind"]
+    again = CliRunner().invoke(app, command)  # now it is this dataset's cache
+    assert again.exit_code == 0 and json.loads(again.stdout)["reused"] == 1
+
+
 def test_cache_of_another_model_is_refused(sounds_cache: Path, sounds: list[Item], weights, tmp_path) -> None:
     other = tmp_path / "other.h5"
     info = read_info(sounds_cache)
