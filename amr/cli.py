@@ -168,6 +168,12 @@ def extract(
             "--allow-outside-root", help="Accept manifest audio paths outside the dataset folder (absolute, or climbing out with '..')."
         ),
     ] = False,
+    follow_outside_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-outside-links", help="Folder layout: follow symbolic links that lead outside the folder (default: left out, said so)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the SpecAugment views.")] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --output cache of another dataset (none of its clips in this one): refused without.")
@@ -210,7 +216,12 @@ def extract(
         ray_engine = RayEngine(RayOptions(address=ray_address, actors=actors, num_gpus=num_gpus))
     ws = Workspace.resolve(workspace)
     data = load_dataset(
-        dataset, layout=layout.value if layout else None, lenient=lenient, encoding=encoding, allow_outside_root=allow_outside_root
+        dataset,
+        layout=layout.value if layout else None,
+        lenient=lenient,
+        encoding=encoding,
+        allow_outside_root=allow_outside_root,
+        follow_outside_links=follow_outside_links,
     )
     weights = resolve_weights(audio_model, audio_weights)
     output = output or ws.cache_path(data.name, weights.name)

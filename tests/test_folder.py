@@ -96,7 +96,9 @@ def library(tmp_path: Path, shared: Path) -> Path:
     with open(corrupt, "ab") as f:  # a LIST chunk that claims more bytes than the file has
         f.write(b"LIST" + struct.pack("<I", 5000) + b"INFO")
     copy(esc_cow, tmp_path / "elsewhere" / "hum.wav")
-    os.symlink(tmp_path / "elsewhere", root / "Linked")  # followed: a link to a folder outside the root
+    os.symlink(tmp_path / "elsewhere", root / "Linked")  # a link to a folder outside the root: followed when asked
+    os.symlink(tmp_path / "elsewhere" / "hum.wav", root / "Ambience" / "hum link.wav")  # a file outside: likewise
+    os.symlink(root / "001.wav", root / "Animals" / "first.wav")  # a link inside the library: followed
 
     # left out without a word
     copy(esc_cow, root / ".hidden" / "secret.wav")
@@ -141,6 +143,8 @@ EXPECTED = {
     "Foley/Doors/door_take 3.mp3": {"keywords": ["Foley", "Doors", "door", "slam"], "title": "door", "description": "A wooden door slams"},
     "Foley/Footsteps-002.aiff": {"keywords": ["Foley"], "title": "Gravel footsteps", "description": "Walking on wet gravel"},
     "Linked/hum.wav": {"keywords": ["Linked"], "title": "hum"},
+    "Ambience/hum link.wav": {"keywords": ["Ambience"], "title": "hum link"},
+    "Animals/first.wav": {"keywords": ["Animals"], "title": "first"},
     "caf\u00e9_\u00fc.wav": {"title": "caf\u00e9 \u00fc"},
 }
 
@@ -148,7 +152,7 @@ EXPECTED = {
 def test_a_sound_library(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert detect_layout(library) == "folder"
     skipped: list[str] = []
-    dataset = load_dataset(library, on_skip=skipped.append)  # strict: nothing here is an error
+    dataset = load_dataset(library, on_skip=skipped.append, follow_outside_links=True)  # strict: nothing here is an error
     assert dataset.name == "library"
     assert [item.id for item in dataset.items] == sorted(EXPECTED)
     assert {item.id: item.metadata for item in dataset.items} == EXPECTED
@@ -180,6 +184,17 @@ def test_a_sound_library(library: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "not valid UTF-8" in shown["caf\\xe9.wav"].reason and shown["caf\\xe9.wav"].audio == str(library.resolve()) + "/caf\\xe9.wav"
     err = capsys.readouterr().err.replace("\n", "")
     assert "ZOOM0001.WAV: its tags cannot be read (chunk 'LIST' at byte" in err and "using the file and folder names" in err
+
+
+def test_links_leading_outside_the_library_are_left_out_unless_followed(library: Path) -> None:
+    """They were indexed, hence served by `amr serve`: a link could publish any folder."""
+    skipped: list[str] = []
+    dataset = load_dataset(library, on_skip=skipped.append)
+    outside = {"Linked/hum.wav", "Ambience/hum link.wav"}
+    assert [item.id for item in dataset.items] == sorted(set(EXPECTED) - outside)
+    links = sorted(str(library.resolve() / link) for link in ("Linked", "Ambience/hum link.wav"))
+    assert sorted(message.split(": ", 1)[0] for message in skipped) == links
+    assert all("outside the library; left out (--follow-outside-links follows it)" in message for message in skipped)
 
 
 def test_unreadable_files_of_a_folder_are_in_the_failures_report_with_exit_3(tmp_path: Path, shared: Path, mn04_weights: Path) -> None:

@@ -91,12 +91,14 @@ class Problems:
 @dataclass(frozen=True)
 class ReadOptions:
     """What a layout reader is told besides its root: where problems go, the
-    encoding of its text manifests (None: UTF-8, else a guess with a warning)
-    and whether manifest audio paths may point outside the dataset folder."""
+    encoding of its text manifests (None: UTF-8, else a guess with a warning),
+    whether manifest audio paths may point outside the dataset folder and
+    whether a plain folder's symbolic links may lead outside it."""
 
     problems: Problems
     encoding: str | None = None
     allow_outside_root: bool = False
+    follow_outside_links: bool = False  # the folder layout: follow symbolic links that lead outside its root
 
 
 def check_encoding(encoding: str | None) -> None:

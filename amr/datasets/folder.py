@@ -6,7 +6,10 @@ Files: every file under the root, recursively, whose suffix (any case) is one
 of AUDIO_SUFFIXES or OTHER_AUDIO_SUFFIXES, in order of id. Names starting with
 ``.`` (hidden files and folders, macOS ``._`` companions) are left out.
 Symbolic links are followed, each folder once by its real path, so a link
-loop, or a link to a folder above the root, is not walked again. Each file is
+loop, or a link to a folder above the root, is not walked again. A link that
+leads outside the root (to a file or a folder) is left out, with a line
+through ``on_skip``, unless ``follow_outside_links``: what is indexed is
+served (`amr serve`), and a library's links should not publish other folders. Each file is
 opened with the decoder (header only) before it becomes an item: a file it
 cannot read (an ``.m4a``, which libsndfile does not decode; a text file named
 ``.wav``; an empty file) is left out and recorded in ``Dataset.unreadable``
@@ -66,12 +69,13 @@ _COUNTERS = (
 
 def detect(root: Path) -> bool:
     """Whether any audio file is under ``root`` (stops at the first)."""
-    return next(_candidates(root, None), None) is not None
+    return next(_candidates(root, None, True), None) is not None
 
 
 def read_items(root: Path, options: ReadOptions) -> list[Item]:
     problems = options.problems
-    files = [relative for relative in sorted(_candidates(root, problems)) if _decodable(root, relative, problems)]
+    candidates = _candidates(root, problems, options.follow_outside_links)
+    files = [relative for relative in sorted(candidates) if _decodable(root, relative, problems)]
     splits = _split_folders(files)
     return [_item(root, relative, splits) for relative in files]
 
@@ -119,9 +123,19 @@ def _item(root: Path, relative: str, splits: dict[str, str]) -> Item:
     return Item(relative, str(path), split, metadata)
 
 
-def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
+def _candidates(root: Path, problems: Problems | None, follow_outside_links: bool) -> Iterator[str]:
     """Relative paths of the files with an audio suffix, depth first in name
     order; what is left out is reported to ``problems`` (if given)."""
+
+    def outside(path: str) -> bool:
+        """A link leading outside the root, left out (and said so) unless followed."""
+        real = Path(os.path.realpath(root / path))
+        if follow_outside_links or real.is_relative_to(root_real):
+            return False
+        if problems:
+            problems.on_skip(f"{root / path}: a link to {real}, outside the library; left out (--follow-outside-links follows it)")
+        return True
+
     suffixes = AUDIO_SUFFIXES + OTHER_AUDIO_SUFFIXES
     root_real = Path(os.path.realpath(root))
     visited: set[Path] = set()
@@ -150,8 +164,12 @@ def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
                     shown = os.fsencode(path).decode("utf-8", "backslashreplace")
                     message = "name is not valid UTF-8, so it cannot be stored; rename it to include it"
                     problems.unreadable_file(shown, os.fsencode(root / path).decode("utf-8", "backslashreplace"), "unreadable", message)
+            elif entry.is_symlink() and entry.is_dir() and not root_real.is_relative_to(os.path.realpath(entry.path)) and outside(path):
+                continue
             elif entry.is_dir():
                 subfolders.append(path)
+            elif entry.name.lower().endswith(suffixes) and entry.is_symlink() and entry.is_file() and outside(path):
+                continue
             elif entry.name.lower().endswith(suffixes):
                 if entry.is_file():
                     yield path
