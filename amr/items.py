@@ -9,6 +9,7 @@ them back. Both serialise to one JSON object per line (jsonl).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,23 @@ class Dataset:
     items: list[Item]
     queries: list[Query] = field(default_factory=list)
     unreadable: list[Failure] = field(default_factory=list)
+
+
+def changed_on_disk(items: Iterable[Item]) -> tuple[int, int]:
+    """(changed, vanished): how many of ``items`` have an audio file whose size or
+    modification time differs from what was recorded when the dataset was read,
+    and how many have no file any more (items that recorded neither are not counted)."""
+    changed = vanished = 0
+    for item in items:
+        if item.audio_size is None and item.audio_mtime_ns is None:
+            continue
+        try:
+            stat = os.stat(item.audio)
+        except OSError:
+            vanished += 1
+            continue
+        changed += (stat.st_size, stat.st_mtime_ns) != (item.audio_size, item.audio_mtime_ns)
+    return changed, vanished
 
 
 def caption_queries(items: Iterable[Item]) -> list[Query]:
