@@ -10,7 +10,19 @@ training views. The numbers (rate, FFT size, hop, mel bands, ...) are a
 
 A file that cannot be embedded raises `AudioError`, whose ``kind`` names the
 problem for the failures report: ``missing``, ``empty``, ``not-audio``,
-``corrupt``, ``truncated``, ``non-finite`` or ``no-samples``.
+``corrupt``, ``truncated``, ``non-finite``, ``out-of-range``, ``no-samples``
+or ``too-long`` (longer than a caller's limit: query clips are limited).
+
+Absurd samples are refused, not embedded: a NaN or infinite sample
+(``non-finite``), or one beyond ±MAX_SAMPLE (``out-of-range``). Decoded audio
+has full scale ±1; only float files can exceed it, and real ones do so by a
+few dB (overs of a float master, +24 dB at the very most). Samples 60 dB above
+full scale (1000) are not a recording but garbage read as floats (random bytes
+as float data are mostly far larger: half of all bit patterns exceed 1, many
+1e30), and such values overflow the log-mel's float32 power (|x| of about
+1e14 and above) into infinities and then NaN embeddings. The bound is far from
+both: no real float recording is refused, and every sample that passes gives
+finite log-mels.
 
 Truncated files are refused, not embedded. A WAV whose header declares more
 sample data than the file holds (an interrupted copy or download) would
@@ -86,36 +98,48 @@ class AudioError(AmrError):
 # 320 for 44.1 -> 32 kHz but 32000 (1.4 GB, half a minute to build) for 11127 Hz.
 # Ratios with more phases than this are interpolated sample by sample instead.
 _MAX_RESAMPLE_PHASES = 2048
+_UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count of a stream that does not state its length (a FLAC with 0 samples in STREAMINFO)
+MAX_SAMPLE = 1000.0  # the loudest sample embedded: 60 dB above full scale (see the module docstring)
 _MIN_GEMM_PHASES = 64
 _LOWPASS_ZERO_CROSSINGS = 6
 _ROLLOFF = 0.99
 
 
-def iter_windows(path: Path, sample_rate: int, window_seconds: float, start_window: int = 0) -> Iterator[np.ndarray]:
+def iter_windows(
+    path: Path, sample_rate: int, window_seconds: float, start_window: int = 0, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """Yield the file as mono float32 windows at `sample_rate`, each at most `window_seconds` long.
 
     A window of n source samples at rate sr becomes exactly round(n * sample_rate / sr)
     samples. Windows are resampled independently (each is also embedded on its own).
     `start_window` skips that many windows by seeking, so workers can split a long
     file; from a start past the end nothing is yielded, while a file with no samples
-    at all is an error.
+    at all is an error. A file longer than `max_seconds` raises a ``too-long``
+    AudioError: at once when its header says so (nothing is decoded), else
+    when its decoded samples pass the limit (a header that understates).
     """
     path = Path(path)
     sound = _open(path)
     with sound:
         block = max(1, round(window_seconds * sound.samplerate))
         resample = _resampler(sound.samplerate, sample_rate)
+        limit = math.inf if max_seconds is None else max_seconds * sound.samplerate  # source samples
+        if sound.frames > limit and sound.frames != _UNKNOWN_LENGTH:
+            raise AudioError(path, "too-long", f"{_duration(sound.frames / sound.samplerate)} long, over the limit of {max_seconds:g} s")
         empty = True
+        read = 0
         try:
             if start_window:
                 if start_window * block >= sound.frames:
                     return
                 sound.seek(start_window * block)
             while len(data := sound.read(block, dtype="float32")):
+                read += len(data)
+                if read > limit:
+                    raise AudioError(path, "too-long", f"longer than the limit of {max_seconds:g} s")
+                _check_samples(path, data)
                 if data.ndim == 2:
                     data = _mix_down(data)
-                if not np.isfinite(data).all():
-                    raise AudioError(path, "non-finite", "NaN or infinite samples")
                 window = resample(data)
                 if len(window):  # a last sample or two can round to nothing
                     empty = False
@@ -124,6 +148,25 @@ def iter_windows(path: Path, sample_rate: int, window_seconds: float, start_wind
             raise AudioError(path, "corrupt", f"corrupt or truncated audio ({_reason(e)})") from e
     if empty and not start_window:
         raise AudioError(path, "no-samples", "no audio samples")
+
+
+def _duration(seconds: float) -> str:
+    """h:mm:ss (or m:ss) of a duration."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _check_samples(path: Path, data: np.ndarray) -> None:
+    """Refuse NaN, infinite and out-of-range samples (beyond ±MAX_SAMPLE; see the module docstring)."""
+    peak = float(np.abs(data).max())
+    if peak <= MAX_SAMPLE:
+        return
+    if not np.isfinite(data).all():
+        raise AudioError(path, "non-finite", "NaN or infinite samples; not embedded")
+    raise AudioError(
+        path, "out-of-range", f"samples up to {peak:.3g}, beyond ±{MAX_SAMPLE:g} (full scale is ±1): not a recording; not embedded"
+    )
 
 
 def _mix_down(data: np.ndarray) -> np.ndarray:

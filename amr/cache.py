@@ -52,7 +52,7 @@ import numpy as np
 from amr import __version__
 from amr.errors import AmrError
 from amr.files import atomic_output
-from amr.hdf5 import open_versioned
+from amr.hdf5 import created, open_versioned
 from amr.items import Item
 from amr.segments import SegmentGrid
 
@@ -150,16 +150,17 @@ def write_cache(path: Path, info: CacheInfo, clips: Iterable[ClipEmbedding]) -> 
 
     Streams: clips are appended as they come, so memory stays flat."""
     with atomic_output(path) as tmp:
-        return _write(tmp, info, clips)
+        return _write(tmp, path, info, clips)
 
 
 _WRITE_BYTES = 16 << 20  # frames are buffered up to this size between writes: a few large HDF5 writes, flat memory
 
 
-def _write(tmp: Path, info: CacheInfo, clips: Iterable[ClipEmbedding]) -> int:
+def _write(tmp: Path, path: Path, info: CacheInfo, clips: Iterable[ClipEmbedding]) -> int:
+    """Write the cache to ``tmp``; a full disk is an OSError naming ``path`` (amr.hdf5.created)."""
     c, k = info.embed_dim, info.augment_views
     buffer_rows = max(256, _WRITE_BYTES // (2 * c * (1 + k)))
-    with h5py.File(tmp, "w") as f:
+    with created(tmp, path) as (f, check):
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         for name, value in asdict(info).items():
@@ -188,6 +189,7 @@ def _write(tmp: Path, info: CacheInfo, clips: Iterable[ClipEmbedding]) -> int:
             rows += n
             if rows - frames.shape[0] >= buffer_rows:
                 _append(frames, augmented, pending)
+                check()
         _append(frames, augmented, pending)
         f.create_dataset("items", data=np.array(items, dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("offsets", data=np.array(offsets, dtype=np.int64))

@@ -169,7 +169,16 @@ def extract(
             "--allow-outside-root", help="Accept manifest audio paths outside the dataset folder (absolute, or climbing out with '..')."
         ),
     ] = False,
+    follow_outside_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-outside-links", help="Folder layout: follow symbolic links that lead outside the folder (default: left out, said so)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the SpecAugment views.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --output cache of another dataset (none of its clips in this one): refused without.")
+    ] = False,
     engine: Annotated[
         ExtractEngine, typer.Option(help="local: decoding processes on this machine; ray: a Ray cluster (pip install 'amr\\[ray]').")
     ] = ExtractEngine.local,
@@ -208,7 +217,12 @@ def extract(
         ray_engine = RayEngine(RayOptions(address=ray_address, actors=actors, num_gpus=num_gpus))
     ws = Workspace.resolve(workspace)
     data = load_dataset(
-        dataset, layout=layout.value if layout else None, lenient=lenient, encoding=encoding, allow_outside_root=allow_outside_root
+        dataset,
+        layout=layout.value if layout else None,
+        lenient=lenient,
+        encoding=encoding,
+        allow_outside_root=allow_outside_root,
+        follow_outside_links=follow_outside_links,
     )
     weights = resolve_weights(audio_model, audio_weights)
     output = output or ws.cache_path(data.name, weights.name)
@@ -223,6 +237,8 @@ def extract(
         segments=grid,
         engine=ray_engine,
         device=resolve_device(device.value),
+        unreadable=data.unreadable,
+        force=force,
     )
     ws.set_latest("cache", output)
     _emit(
@@ -478,7 +494,14 @@ def index(
 
 # --- query --------------------------------------------------------------------------------
 
-from amr.query import Format  # noqa: E402  (the output formats)
+from amr.query import MAX_EXAMPLE_SECONDS, Format  # noqa: E402  (the output formats, the example clips' limit)
+
+MaxQuerySecondsOption = Annotated[
+    float,
+    typer.Option(
+        "--max-query-seconds", min=0.0, help="Longest example clip accepted, in seconds of decoded audio (longer ones fail as queries)."
+    ),
+]
 
 
 @command
@@ -518,6 +541,7 @@ def query(
     audio_weights: Annotated[
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model, for --audio.")
     ] = None,
+    max_query_seconds: MaxQuerySecondsOption = MAX_EXAMPLE_SECONDS,
     threads: Annotated[
         int,
         typer.Option(
@@ -545,7 +569,7 @@ def query(
         raise AmrError("no queries: give query texts, '-' to read them from stdin, or --audio FILE")
     torch.set_num_threads(threads)
     path = index_path or Workspace.resolve(workspace).latest("index")
-    searcher = open_searcher(path, checkpoint, audio_weights, resolve_device(device.value))
+    searcher = open_searcher(path, checkpoint, audio_weights, resolve_device(device.value), max_query_seconds)
     parts = [name for name, _ in searcher.index.header.parts] if explain else None
     writer = make_writer(fmt or default_format(sys.stdout), sys.stdout, parts)
     failed = 0
@@ -654,6 +678,7 @@ def serve(
     moments: Annotated[
         bool, typer.Option("--moments", help="Results in long recordings span the sound found, as amr query --moments.")
     ] = False,
+    max_query_seconds: MaxQuerySecondsOption = MAX_EXAMPLE_SECONDS,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads of the query encoder and of exact search.")] = 1,
     device: DeviceOption = Device.cpu,
     workspace: WorkspaceOption = None,
@@ -679,6 +704,7 @@ def serve(
         device=resolve_device(device.value),
         upload_limit=upload_limit << 20,
         moments=moments,
+        max_query_seconds=max_query_seconds,
     )
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -149,11 +150,21 @@ class AudioEncoder:
             return None
         return [Segment(start, end, self.tags(frames[start:end])) for start, end in spans]
 
-    def embed_file(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """One clip's (T, C) float32 frames and tag probabilities, as `amr extract` computes them."""
-        windows = iter_windows(Path(path), self.audio.sample_rate, self.audio.window_seconds)
-        frames = np.concatenate(self.encode([self.mel(w) for w in windows]))
-        return frames, self.tags(frames)
+    def embed_file(self, path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One clip's (T, C) float32 frames and tag probabilities, as `amr extract` computes them.
+
+        Streams: windows are decoded and embedded one batch at a time (the
+        same values in any company, see the module docstring), so memory
+        holds a batch of log-mels and the frames, not the whole file's
+        log-mels. A clip longer than ``max_seconds`` raises AudioError
+        (``too-long``; see amr.audio.iter_windows)."""
+        windows = iter_windows(Path(path), self.audio.sample_rate, self.audio.window_seconds, max_seconds=max_seconds)
+        per_batch = self.batch_rows(self.audio.window_frames)
+        frames: list[np.ndarray] = []
+        while batch := [self.mel(window) for window in islice(windows, per_batch)]:
+            frames += self.encode(batch)
+        joined = np.concatenate(frames)
+        return joined, self.tags(joined)
 
 
 class _AudioHeader(Protocol):
@@ -171,16 +182,18 @@ class ClipEmbedder:
     """Query by example: audio files -> frames and tag probabilities exactly as
     `amr extract` computed them for a collection (same weights, same encoder)."""
 
-    def __init__(self, encoder: AudioEncoder):
+    def __init__(self, encoder: AudioEncoder, max_seconds: float | None = None):
+        """Clips longer than ``max_seconds`` (None: no limit) are refused."""
         self.encoder = encoder
+        self.max_seconds = max_seconds
 
     @classmethod
-    def for_index(cls, index: _Indexed, weights_path: Path | None) -> ClipEmbedder:
+    def for_index(cls, index: _Indexed, weights_path: Path | None, max_seconds: float | None = None) -> ClipEmbedder:
         """The audio model the index's caches were extracted with, refused if the weights found differ."""
-        return cls.for_collection(index.header.audio, index.path, weights_path)
+        return cls.for_collection(index.header.audio, index.path, weights_path, max_seconds)
 
     @classmethod
-    def for_collection(cls, info: CacheInfo, source: Path, weights_path: Path | None) -> ClipEmbedder:
+    def for_collection(cls, info: CacheInfo, source: Path, weights_path: Path | None, max_seconds: float | None = None) -> ClipEmbedder:
         """The audio model `info` records (of a cache or an index at `source`)."""
         weights = resolve_weights(info.audio_model, weights_path)
         if weights.sha256 != info.weights_sha256:
@@ -189,11 +202,11 @@ class ClipEmbedder:
                 f"{info.weights_sha256[:12]}, the weights found have {weights.sha256[:12]}; "
                 "pass the original weights file with --audio-weights"
             )
-        return cls(AudioEncoder.load(weights))
+        return cls(AudioEncoder.load(weights), max_seconds)
 
     def embed(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(T, C) float32 frames and tag probabilities of the clip."""
-        return self.encoder.embed_file(path)
+        return self.encoder.embed_file(path, self.max_seconds)
 
 
 @dataclass(frozen=True)

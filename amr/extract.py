@@ -39,7 +39,7 @@ can overwrite or delete another's work even without the lock.
 
 Clips that cannot be embedded are reported and listed in
 ``<cache>.failures.jsonl``, one JSON object per line: ``id``, ``audio``,
-``kind`` (missing, empty, not-audio, corrupt, truncated, non-finite,
+``kind`` (missing, empty, not-audio, corrupt, truncated, non-finite, out-of-range,
 no-samples; see amr.audio) and ``reason``. None of them is in the cache
 (truncated files included: see amr.audio for why); the run goes on.
 """
@@ -71,7 +71,7 @@ from amr.console import progress, warn
 from amr.encoder import AudioEncoder
 from amr.errors import AmrError
 from amr.files import atomic_write, exclusive
-from amr.items import Item
+from amr.items import Failure, Item
 from amr.segments import SegmentGrid
 from amr.weights import AudioSettings, ResolvedWeights
 
@@ -81,14 +81,6 @@ from amr.weights import AudioSettings, ResolvedWeights
 MAX_WAIT_WINDOWS = 1024
 SEGMENT_WINDOWS = 18  # windows a worker decodes per task (3 minutes of audio)
 PART_SIZE = 256  # clips per part file
-
-
-@dataclass
-class Failure:
-    id: str
-    audio: str
-    kind: str  # amr.audio.AudioError.kind, or "unreadable"
-    reason: str
 
 
 @dataclass
@@ -127,6 +119,8 @@ def extract(
     segments: SegmentGrid = SegmentGrid(),
     engine: Engine | None = None,
     device: torch.device | str = "cpu",
+    unreadable: Sequence[Failure] = (),
+    force: bool = False,
 ) -> ExtractReport:
     """Extract every item's embedding sequence (and a long clip's segment tags,
     on the grid ``segments``) into the cache at ``output``.
@@ -137,7 +131,11 @@ def extract(
     captions. Holds the cache's lock throughout: a concurrent run on the same
     cache raises AmrError at once. ``engine`` embeds the clips (default: this
     machine's decoding processes, `embed_items`; amr.ray_engine runs on Ray);
-    the model runs on ``device``."""
+    the model runs on ``device``. ``unreadable``: files the dataset reader
+    could not make items of (Dataset.unreadable), reported with the clips that
+    fail to decode. A cache at ``output`` none of whose clips is among
+    ``items`` (by id) is another dataset's: refused unless ``force`` (which
+    replaces it), rather than dropping all its clips."""
     started = time.perf_counter()
     output = Path(output)
     with exclusive(output, "cache"):
@@ -145,8 +143,10 @@ def extract(
         info = cache_info(weights, augment_views, segments)
         parts = parts_folder(output)
         _remove_stale_temporaries(output, parts)
-        todo = pending(items, output, info)
-        failures: list[Failure] = []
+        todo = pending(items, output, info, force)
+        failures: list[Failure] = list(unreadable)
+        for failure in unreadable:
+            warn(f"skipped: {failure.reason}")
         audio_seconds = 0.0
         if todo:
             writer = PartWriter(parts, info, part_size)
@@ -163,7 +163,7 @@ def extract(
     return ExtractReport(
         cache=output,
         items=merged.items,
-        computed=len(todo) - len(failures),
+        computed=len(todo) - len(failures) + len(unreadable),
         reused=len(items) - len(todo),
         dropped=merged.dropped,
         failures=failures,
@@ -547,13 +547,20 @@ def _grid(grid: SegmentGrid) -> str:
     return f"{grid.seconds:g} s segments every {grid.hop:g} s of clips over {grid.long_seconds:g} s"
 
 
-def pending(items: Sequence[Item], output: Path, info: CacheInfo) -> list[Item]:
+def pending(items: Sequence[Item], output: Path, info: CacheInfo, force: bool = False) -> list[Item]:
     """The items that neither the cache at ``output`` nor its parts hold (by
     `item_key`): new clips, changed files, and those an interrupted run did
-    not finish. Refuses a cache or part `info` cannot be merged with."""
+    not finish. Refuses a cache or part `info` cannot be merged with, and
+    (unless ``force``) a cache of another dataset: one holding clips, none of them among ``items``."""
     done: set[ItemKey] = set()
+    ids = {item.id for item in items}
     for path in _sources(output, parts_folder(output)):
         with _open(path, info) as cache:
+            if path == output and cache.items and not force and not any(item.id in ids for item in cache.items):
+                raise AmrError(
+                    f"{output}: the embedding cache of another dataset (none of its {len(cache.items)} clips is in this one); "
+                    "extracting into it would drop them all: choose another --output, or pass --force to replace it"
+                )
             done.update(item_key(item) for item in cache.items)
     return [item for item in items if item_key(item) not in done]
 

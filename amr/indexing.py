@@ -48,6 +48,7 @@ from amr.index import (
     sidecar_path,
     write_manifest,
 )
+from amr.items import changed_on_disk
 from amr.retrievers import Retriever, describe
 from amr.search import (
     LARGE_LIMIT,
@@ -147,6 +148,7 @@ def build_index(
             selected = [(c, [i for i, item in enumerate(c.items) if splits is None or item.split in splits]) for c in opened]
             if sum(len(rows) for _, rows in selected) == 0:
                 raise AmrError(f"{', '.join(str(c) for c in caches)}: no items in split(s) {', '.join(splits or ())}")
+            _warn_changed_files(selected)
             before = previous.state if previous is not None else new_state()
             writer = StoreWriter(output, header, before, previous.dead if previous is not None else np.zeros(0, np.uint8))
             _encode(retriever, selected, header, writer, show_progress)
@@ -290,6 +292,18 @@ def _batch_rows(retriever: Retriever, cache: EmbeddingCache, batch: list[int], c
     top = top_classes(all_tags, TAGS_STORED)
     span_array = np.asarray([span for item_spans in spans for span in item_spans], np.float32)
     return Rows(items, np.asarray(row_item), span_array, stacked, top, np.take_along_axis(all_tags, top, axis=1))
+
+
+def _warn_changed_files(selected: list[tuple[EmbeddingCache, list[int]]]) -> None:
+    """One line per cache whose items' audio files changed or vanished since `amr extract` read them
+    (their recorded size and modification time): the index would show what was extracted, not what is on disk."""
+    for cache, rows in selected:
+        changed, vanished = changed_on_disk(cache.items[i] for i in rows)
+        if changed or vanished:
+            warn(
+                f"{cache.path}: {changed + vanished} item(s) changed ({changed}) or vanished ({vanished}) on disk since extraction; "
+                "they are indexed as extracted: run `amr extract` again, then `amr index`"
+            )
 
 
 def _require_finite(vectors: np.ndarray, items: list, cache: Path) -> None:

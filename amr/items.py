@@ -9,6 +9,7 @@ them back. Both serialise to one JSON object per line (jsonl).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,14 +63,46 @@ class Query:
 
 
 @dataclass
+class Failure:
+    """A clip that could not be embedded, as `amr extract` reports it in
+    ``<cache>.failures.jsonl``: ``kind`` is an amr.audio.AudioError kind, or
+    ``unreadable`` (a file or folder that cannot be read, a name that cannot be stored)."""
+
+    id: str
+    audio: str
+    kind: str
+    reason: str
+
+
+@dataclass
 class Dataset:
     """What a reader returns: the items, and the queries the dataset defines
-    explicitly (``queries.jsonl``). Caption queries are derived on demand."""
+    explicitly (``queries.jsonl``). Caption queries are derived on demand.
+    ``unreadable``: files of a plain folder (the folder layout) that could not
+    become items; `amr extract` reports them with the clips that fail to decode."""
 
     name: str
     root: Path
     items: list[Item]
     queries: list[Query] = field(default_factory=list)
+    unreadable: list[Failure] = field(default_factory=list)
+
+
+def changed_on_disk(items: Iterable[Item]) -> tuple[int, int]:
+    """(changed, vanished): how many of ``items`` have an audio file whose size or
+    modification time differs from what was recorded when the dataset was read,
+    and how many have no file any more (items that recorded neither are not counted)."""
+    changed = vanished = 0
+    for item in items:
+        if item.audio_size is None and item.audio_mtime_ns is None:
+            continue
+        try:
+            stat = os.stat(item.audio)
+        except OSError:
+            vanished += 1
+            continue
+        changed += (stat.st_size, stat.st_mtime_ns) != (item.audio_size, item.audio_mtime_ns)
+    return changed, vanished
 
 
 def caption_queries(items: Iterable[Item]) -> list[Query]:

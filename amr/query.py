@@ -33,6 +33,9 @@ QUERY_BATCH = 64
 # A clip asks for items that sound alike: ranked by the cosine of audio-tower
 # vectors, whatever the items' metadata adds to their fused vectors.
 EXAMPLE_PART = "audio"
+# The longest clip a query by example may be (seconds of decoded audio, whatever the file's size: a
+# FLAC of hours of silence is small). Its embedding is a few MB and a second or two of CPU time.
+MAX_EXAMPLE_SECONDS = 300.0
 
 
 class Format(StrEnum):
@@ -90,6 +93,7 @@ class Searcher:
     index: Index
     retriever: Retriever
     audio_weights: Path | None = None  # local file of the audio model, for queries by example
+    max_example_seconds: float = MAX_EXAMPLE_SECONDS  # longer example clips are refused (a failed query)
     clip_embedder: ClipEmbedder | None = field(default=None, repr=False)  # None: loaded when first needed
     refiner: MomentRefiner | None = field(default=None, repr=False)  # None: loaded when first needed
 
@@ -99,7 +103,7 @@ class Searcher:
     def embedder(self) -> ClipEmbedder:
         """The audio model of the index's caches, loaded on the first query by example."""
         if self.clip_embedder is None:
-            self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights)
+            self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights, self.max_example_seconds)
         return self.clip_embedder
 
     def moments(self) -> MomentRefiner:
@@ -110,13 +114,18 @@ class Searcher:
 
 
 def open_searcher(
-    index_path: Path, checkpoint: Path | None = None, audio_weights: Path | None = None, device: torch.device | str = "cpu"
+    index_path: Path,
+    checkpoint: Path | None = None,
+    audio_weights: Path | None = None,
+    device: torch.device | str = "cpu",
+    max_example_seconds: float = MAX_EXAMPLE_SECONDS,
 ) -> Searcher:
     """The index and the retriever it records, or the checkpoint given (which
-    must be the one the index was built with), its models on ``device``."""
+    must be the one the index was built with), its models on ``device``;
+    example clips longer than ``max_example_seconds`` are refused."""
     index = open_index(index_path)
     spec = checkpoint_spec(checkpoint) if checkpoint is not None else index.header.retriever
-    return Searcher(index, load_retriever(spec, device), audio_weights)
+    return Searcher(index, load_retriever(spec, device), audio_weights, max_example_seconds)
 
 
 def run_queries(

@@ -37,6 +37,21 @@ exactly 1; it is left out of its own results.
 
 Only files that are in the index are streamed, looked up by item id: no
 request names a path. The server binds to 127.0.0.1 unless told otherwise.
+
+On a loopback address a request whose ``Host`` header is not that address,
+``localhost``, ``127.0.0.1`` or ``[::1]`` with the server's port is refused
+(400): a web page the browser shows could otherwise point a name of its own
+at 127.0.0.1 (DNS rebinding) and read the API as if it were the same site.
+On any other address (``--host``) the check is off, since clients may reach
+the machine by any of its names; there anyone who can reach it can search.
+
+An uploaded clip is decoded and embedded in a worker thread, never on the
+event loop, one upload at a time, under its own lock: text searches (and
+everything else) are answered meanwhile. It is limited by size
+(``upload_limit`` bytes) and by its decoded duration (the searcher's
+``max_example_seconds``): a header that states a longer clip is refused
+before anything is decoded, and decoding stops at the limit, so a small file
+of hours of silence costs nothing.
 """
 
 from __future__ import annotations
@@ -48,14 +63,15 @@ import socket
 import tempfile
 import threading
 from bisect import bisect_right
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
 
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -65,7 +81,7 @@ from amr.console import console, warn
 from amr.errors import AmrError
 from amr.index import explain, machine_tags, search
 from amr.peaks import PeakCache, peaks_folder
-from amr.query import EXAMPLE_PART, Failure, QueryInput, Result, Searcher, open_searcher, run_queries
+from amr.query import EXAMPLE_PART, MAX_EXAMPLE_SECONDS, Failure, QueryInput, Result, Searcher, open_searcher, run_queries
 
 if TYPE_CHECKING:
     import torch
@@ -98,17 +114,26 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
     ``moments``: text results in long recordings span their refined moment (`amr.query.run_queries`)."""
     index = searcher.index
     item_numbers = {item_id: i for i, item_id in enumerate(index.ids())}
-    lock = threading.Lock()  # one query at a time through the models (and the lazily loaded audio model)
+    text_lock = threading.Lock()  # one text query at a time through the text model
+    upload_lock = threading.Lock()  # one uploaded clip at a time through the (lazily loaded) audio model
     # No /docs: its page loads scripts from a CDN, and amr works offline; the schema is at /api/openapi.json.
     app = FastAPI(title="amr", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.hosts = None  # the Host headers accepted (LocalServer sets them on a loopback address); None: any
     app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.middleware("http")
+    async def known_host_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        hosts = request.app.state.hosts
+        if hosts is not None and request.headers.get("host", "").lower() not in hosts:
+            return JSONResponse({"detail": "unknown Host header: this server answers only to its own address"}, status_code=400)
+        return await call_next(request)
 
     def item_number(item_id: str) -> int:
         if item_id not in item_numbers:
             raise HTTPException(404, f"no item {item_id!r} in {index.path.name}")
         return item_numbers[item_id]
 
-    def ranked(queries: list[QueryInput], offset: int, limit: int) -> list[Result]:
+    def ranked(queries: list[QueryInput], offset: int, limit: int, lock: threading.Lock = text_lock) -> list[Result]:
         with lock:
             try:
                 outcomes = list(run_queries(searcher, queries, offset + limit, explain_scores=True, moments=moments))
@@ -155,16 +180,22 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, 'send the clip as a multipart/form-data file field named "file"')
         name = Path(upload.filename or "upload").name
+        try:
+            results = await run_in_threadpool(rank_upload, upload.file, name, offset, limit)
+        finally:
+            await upload.close()
+        return _page(name, offset, limit, index.items_count, results)
+
+    def rank_upload(source: IO[bytes], name: str, offset: int, limit: int) -> list[Result]:
+        """The work of an upload, in a worker thread: copy it to a file, decode and embed it, rank."""
         with tempfile.TemporaryDirectory(prefix="amr-serve-") as folder:
             clip = Path(folder) / ("example" + _safe_suffix(name))
             with open(clip, "wb") as out:
-                shutil.copyfileobj(upload.file, out)
-            await upload.close()
+                shutil.copyfileobj(source, out)
             try:
-                results = await run_in_threadpool(ranked, [QueryInput("1", name, example=clip)], offset, limit)
+                return ranked([QueryInput("1", name, example=clip)], offset, limit, upload_lock)
             except HTTPException as e:  # name the file as the user knows it, not the temporary copy
                 raise HTTPException(e.status_code, str(e.detail).replace(str(clip), name)) from None
-        return _page(name, offset, limit, index.items_count, results)
 
     @app.get("/api/similar")
     def similar(
@@ -224,7 +255,7 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
     ) -> dict[str, Any]:
         filters = Filters(folder or None, cat or None, min_duration, max_duration, has_metadata)
         text = q if q and q.strip() else None
-        with lock:
+        with text_lock:
             try:
                 results, passing = library.search(text, filters, offset, limit)
                 suggested = [library.suggestion(r.id, r.start) for r in results]
@@ -237,7 +268,7 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
 
     @app.get("/api/facets")
     def facets() -> dict[str, Any]:
-        with lock:
+        with text_lock:
             return library.facets()
 
     @app.get("/api/peaks")
@@ -259,7 +290,10 @@ class LocalServer:
     def __init__(self, app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
         self.socket = listen(host, port)
         address, bound_port = self.socket.getsockname()[:2]
-        self.url = f"http://{f'[{address}]' if ':' in address else address}:{bound_port}/"
+        shown = f"[{address}]" if ":" in address else address
+        self.url = f"http://{shown}:{bound_port}/"
+        if is_loopback(address):
+            app.state.hosts = local_hosts(shown, bound_port)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
 
     def run(self) -> None:
@@ -283,11 +317,13 @@ def serve(
     device: torch.device | str = "cpu",
     upload_limit: int = UPLOAD_LIMIT,
     moments: bool = False,
+    max_query_seconds: float = MAX_EXAMPLE_SECONDS,
 ) -> None:
     """Serve the page and the API over the index until Ctrl-C. A missing
     index, one the checkpoint did not build, or a port in use is an AmrError
-    before anything listens; a host other than loopback is warned about."""
-    searcher = open_searcher(Path(index_path), checkpoint, audio_weights, device)
+    before anything listens; a host other than loopback is warned about.
+    Uploaded clips longer than ``max_query_seconds`` are refused."""
+    searcher = open_searcher(Path(index_path), checkpoint, audio_weights, device, max_query_seconds)
     local = LocalServer(create_app(searcher, upload_limit, moments), host, port)
     if not is_loopback(host):
         warn(f"listening on {host}: anyone who can reach this machine can search the index and play its audio files")
@@ -313,6 +349,13 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise AmrError(f"{host}:{port}: cannot listen ({e.strerror}); choose another --port or --host") from None
     return sock
+
+
+def local_hosts(address: str, port: int) -> set[str]:
+    """The Host headers a loopback server answers to: its address or a loopback name, with its port
+    (and without it on port 80, where browsers leave it out)."""
+    names = {address.lower(), "localhost", "127.0.0.1", "[::1]"}
+    return {f"{name}:{port}" for name in names} | (names if port == 80 else set())
 
 
 def is_loopback(host: str) -> bool:

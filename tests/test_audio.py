@@ -402,3 +402,55 @@ def test_spec_augment_keeps_most_of_a_short_clip() -> None:
     mel = torch.randn(64, 1, 128, 11)  # 0.1 s
     masked_frames = (spec_augment(mel, torch.Generator().manual_seed(0), MEL.mask_value) != mel).all(dim=2)
     assert masked_frames.sum(dim=-1).max() <= math.floor(11 / 5)
+
+
+def _silence_flac(path: Path, seconds: float, rate: int = 8000, state_length: bool = True) -> Path:
+    """A FLAC of silence, written a minute at a time; without ``state_length`` its
+    STREAMINFO says 0 samples (unknown: a stream that does not state its length)."""
+    with sf.SoundFile(path, "w", rate, 1, format="FLAC") as f:
+        for _ in range(math.ceil(seconds / 60)):
+            f.write(np.zeros(60 * rate, np.float32))
+    if not state_length:
+        data = bytearray(path.read_bytes())
+        assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first: total samples in its bytes 13 (low 4 bits) to 17
+        data[8 + 13] &= 0xF0
+        data[8 + 14 : 8 + 18] = bytes(4)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_clip_whose_header_states_more_than_the_limit_is_refused_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    """Hours of silence compress to a small FLAC: the duration, not the size, decides."""
+    long = _silence_flac(tmp_path / "six hours.flac", 6 * 3600, rate=1000)
+    assert long.stat().st_size < 2 << 20
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("nothing may be decoded")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
+    with pytest.raises(AudioError, match=r"6:00:00 long, over the limit of 300 s") as refused:
+        next(audio.iter_windows(long, SAMPLE_RATE, 10.0, max_seconds=300))
+    assert refused.value.kind == "too-long" and str(long) in str(refused.value)
+
+
+def test_a_clip_of_unstated_length_is_refused_once_its_samples_pass_the_limit(tmp_path: Path) -> None:
+    unstated = _silence_flac(tmp_path / "unstated.flac", 120, state_length=False)
+    assert sf.info(str(unstated)).frames == audio._UNKNOWN_LENGTH
+    windows = audio.iter_windows(unstated, SAMPLE_RATE, 10.0, max_seconds=55)
+    decoded = []
+    with pytest.raises(AudioError, match="longer than the limit of 55 s") as refused:
+        decoded.extend(windows)
+    assert refused.value.kind == "too-long" and len(decoded) == 5  # the windows up to the limit, no more
+
+
+def test_samples_far_beyond_full_scale_are_refused_and_loud_float_audio_is_not(tmp_path: Path) -> None:
+    x = _sine(SAMPLE_RATE, 1.0).astype(np.float32)
+    sf.write(tmp_path / "loud.wav", 16 * x, SAMPLE_RATE, subtype="FLOAT")  # +24 dB: a float master's overs
+    assert np.isfinite(load_audio(tmp_path / "loud.wav")).all()
+    for value, kind in ((1e20, "out-of-range"), (1001.0, "out-of-range"), (np.inf, "non-finite")):
+        y = x.copy()
+        y[100] = value
+        sf.write(tmp_path / "bad.wav", y, SAMPLE_RATE, subtype="FLOAT")
+        with pytest.raises(AudioError) as refused:
+            load_audio(tmp_path / "bad.wav")
+        assert refused.value.kind == kind

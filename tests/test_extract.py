@@ -80,6 +80,29 @@ def test_rerun_reuses_and_refreshes_metadata(sounds_cache: Path, sounds: list[It
         np.testing.assert_array_equal(cache.all_frames(), original.all_frames())
 
 
+def test_a_cache_of_another_dataset_is_refused_unless_forced(sounds_cache: Path, shared: Path, mn04_weights: Path, tmp_path) -> None:
+    """`extract -o` onto another dataset's cache replaced all its clips ("dropped": 39) without a word."""
+    theirs = tmp_path / "sounds.h5"
+    shutil.copy(sounds_cache, theirs)
+    dataset = tmp_path / "other"
+    (dataset / "audio").mkdir(parents=True)
+    shutil.copy(shared / "data" / "sounds" / "audio" / "esc50-2-104952-A-16.wav", dataset / "audio" / "wind.wav")
+    (dataset / "items.jsonl").write_text(json.dumps({"id": "wind", "audio": "audio/wind.wav"}) + "\n")
+    command = ["extract", str(dataset), "-o", str(theirs), "--audio-weights", str(mn04_weights), "--workers", "1"]
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr.replace("\n", "").startswith(f"error: {theirs}: the embedding cache of another dataset (none of its 39 clips")
+    with EmbeddingCache(theirs) as cache, EmbeddingCache(sounds_cache) as original:
+        assert cache.items == original.items
+    forced = CliRunner().invoke(app, [*command, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout)["dropped"] == 39
+    with EmbeddingCache(theirs) as cache:
+        assert [item.id for item in cache.items] == ["wind"]
+    again = CliRunner().invoke(app, command)  # now it is this dataset's cache
+    assert again.exit_code == 0 and json.loads(again.stdout)["reused"] == 1
+
+
 def test_cache_of_another_model_is_refused(sounds_cache: Path, sounds: list[Item], weights, tmp_path) -> None:
     other = tmp_path / "other.h5"
     info = read_info(sounds_cache)
@@ -137,6 +160,15 @@ def write_bad_audio(root: Path) -> dict[str, str | None]:
     with_nan = noise(32000, 1.0)
     with_nan[100] = np.nan
     sf.write(audio / "nan.wav", with_nan, 32000, subtype="FLOAT")
+    huge = noise(32000, 1.0)
+    huge[5000] = 1e20  # finite in float32, but its log-mel power overflows
+    sf.write(audio / "huge.wav", huge, 32000, subtype="FLOAT")
+    garbage = rng.integers(0, 2**32, 8000, dtype=np.uint32)
+    garbage[(garbage >> 23) & 0xFF == 0xFF] &= ~np.uint32(1 << 30)  # random bytes as float data, but no NaN or inf pattern
+    sf.write(audio / "random floats.wav", garbage.view(np.float32), 8000, subtype="FLOAT")
+    loud = noise(32000, 1.0)
+    loud[::100] = 16.0  # +24 dB over full scale: a loud float master, embedded
+    sf.write(audio / "loud float.wav", loud, 32000, subtype="FLOAT")
     (audio / "empty.wav").write_bytes(b"")
     (audio / "text.mp3").write_text("this is not audio\n" * 100)
     sf.write(audio / "whole.wav", noise(44100, 5.0), 44100, subtype="PCM_16")
@@ -151,6 +183,9 @@ def write_bad_audio(root: Path) -> dict[str, str | None]:
         "très court ñ.ogg": None,
         "long 35 s.wav": None,
         "nan.wav": "non-finite: NaN",
+        "huge.wav": "out-of-range: samples up to 1e+20, beyond ±1000",
+        "random floats.wav": "out-of-range: beyond ±1000 (full scale is ±1)",
+        "loud float.wav": None,
         "empty.wav": "empty: empty",
         "text.mp3": "not-audio: not an audio file",
         "truncated.wav": "truncated: truncated: the header declares 5.00 s of audio, the file holds 2.00 s",
@@ -184,6 +219,7 @@ def test_bad_audio_is_reported_by_name_and_the_run_goes_on(tmp_path: Path, mn04_
         assert cache.lengths[ok["très court ñ.ogg"]] >= 1
         assert cache.lengths[ok["long 35 s.wav"]] == 32 + 32 + 32 + 16  # four windows: 10 + 10 + 10 + 5 s
         assert np.isfinite(cache.sequence(ok["silence.wav"])).all()
+        assert all(np.isfinite(cache.sequence(i)).all() and np.isfinite(cache.tags[i]).all() for i in ok.values())
 
 
 def test_long_file_split_into_worker_segments(tmp_path: Path, weights, monkeypatch) -> None:
@@ -398,3 +434,40 @@ def test_parts_of_two_writers_never_collide(tmp_path: Path, sounds_cache: Path) 
             writer.add(clip)
     names = sorted(p.name for p in (tmp_path / "parts").iterdir())
     assert len(names) == 4 == len(set(names)) and all(name.startswith("part-") and name.endswith(".h5") for name in names)
+
+
+# `amr extract` with every file it writes limited to sys.argv[1] bytes (RLIMIT_FSIZE: a write
+# beyond it fails with EFBIG, the way a full disk fails one with ENOSPC, without needing a small
+# file system) and parts of 8 clips, so that the parts fit and the merged cache does not.
+SIZE_LIMITED = textwrap.dedent(
+    """
+    import resource, signal, sys
+    import amr.extract
+    from amr.cli import main
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+    amr.extract.extract.__kwdefaults__["part_size"] = 8
+    sys.argv = ["amr", *sys.argv[2:]]
+    main()
+    """
+)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_finished_parts_are_kept(shared: Path, mn04_weights: Path, tmp_path: Path) -> None:
+    """HDF5 failed the dataset close that hit the full disk, kept the file open and crashed
+    at exit (exit 139) when h5py closed it again; amr.hdf5.created keeps HDF5 out of it."""
+    out = tmp_path / "sounds.h5"
+    command = ["extract", str(shared / "data" / "sounds"), "-o", str(out), "--audio-weights", str(mn04_weights), "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    full = subprocess.run([sys.executable, "-c", SIZE_LIMITED, str(700 << 10), *command], cwd=REPO, env=env, capture_output=True, text=True)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error")]
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert errors == [f"error: {out}: File too large"], full.stderr[-2000:]
+    assert "Traceback" not in full.stderr and not out.exists()
+    assert not list(tmp_path.rglob(".*.tmp")), "no temporary file is left behind"
+    parts = sorted(parts_folder(out).glob("part-*.h5"))
+    assert len(parts) == 5  # 39 clips in parts of 8
+    rerun = subprocess.run([sys.executable, "-m", "amr", *command], cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["items"], summary["computed"], summary["reused"]) == (39, 0, 39)

@@ -4,20 +4,25 @@ link loops, files that are not audio) with tags written into the copies."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from mutagen.flac import FLAC
 from mutagen.id3 import COMM, ID3, TCON, TXXX
 from mutagen.oggopus import OggOpus
+from typer.testing import CliRunner
 
+from amr.cli import app
 from amr.datasets import detect_layout, load_dataset
 from amr.datasets.folder import clean_name
 from amr.errors import AmrError
+from amr.extract import failures_path
 
 DUCK_COMMENT = (
     "XC62258 \u00a9 Jonathon Jongsma // Powderhorn Park, Minneapolis, MN (44.942, -93.259), United States // 250m // "
@@ -94,7 +99,9 @@ def library(tmp_path: Path, shared: Path) -> Path:
         f.seek(4)
         f.write(struct.pack("<I", size))
     copy(esc_cow, tmp_path / "elsewhere" / "hum.wav")
-    os.symlink(tmp_path / "elsewhere", root / "Linked")  # followed: a link to a folder outside the root
+    os.symlink(tmp_path / "elsewhere", root / "Linked")  # a link to a folder outside the root: followed when asked
+    os.symlink(tmp_path / "elsewhere" / "hum.wav", root / "Ambience" / "hum link.wav")  # a file outside: likewise
+    os.symlink(root / "001.wav", root / "Animals" / "first.wav")  # a link inside the library: followed
 
     # left out without a word
     copy(esc_cow, root / ".hidden" / "secret.wav")
@@ -139,6 +146,8 @@ EXPECTED = {
     "Foley/Doors/door_take 3.mp3": {"keywords": ["Foley", "Doors", "door", "slam"], "title": "door", "description": "A wooden door slams"},
     "Foley/Footsteps-002.aiff": {"keywords": ["Foley"], "title": "Gravel footsteps", "description": "Walking on wet gravel"},
     "Linked/hum.wav": {"keywords": ["Linked"], "title": "hum"},
+    "Ambience/hum link.wav": {"keywords": ["Ambience"], "title": "hum link"},
+    "Animals/first.wav": {"keywords": ["Animals"], "title": "first"},
     "caf\u00e9_\u00fc.wav": {"title": "caf\u00e9 \u00fc"},
 }
 
@@ -146,7 +155,7 @@ EXPECTED = {
 def test_a_sound_library(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert detect_layout(library) == "folder"
     skipped: list[str] = []
-    dataset = load_dataset(library, on_skip=skipped.append)  # strict: nothing here is an error
+    dataset = load_dataset(library, on_skip=skipped.append, follow_outside_links=True)  # strict: nothing here is an error
     assert dataset.name == "library"
     assert [item.id for item in dataset.items] == sorted(EXPECTED)
     assert {item.id: item.metadata for item in dataset.items} == EXPECTED
@@ -160,24 +169,59 @@ def test_a_sound_library(library: Path, capsys: pytest.CaptureFixture[str]) -> N
         door.stat().st_mtime_ns,
     )
 
-    reasons = {message.split(": ", 1)[0].removeprefix(str(library.resolve()) + "/"): message for message in skipped}
-    assert sorted(reasons) == ["Foley/interview.m4a", "Foley/readme.wav", "broken.wav", "caf\\xe9.wav", "empty.flac"]
-    assert ".m4a cannot be decoded" in reasons["Foley/interview.m4a"]
-    assert "not audio the decoder can read" in reasons["Foley/readme.wav"]
-    assert "empty file (0 bytes)" in reasons["empty.flac"]
-    assert "not a regular file" in reasons["broken.wav"]
-    assert "not valid UTF-8" in reasons["caf\\xe9.wav"]
+    assert skipped == []  # what could not become an item is in dataset.unreadable, for the failures report
+    shown = {failure.id: failure for failure in dataset.unreadable}
+    assert sorted(shown) == ["Foley/interview.m4a", "Foley/readme.wav", "broken.wav", "caf\\xe9.wav", "empty.flac"]
+    assert {failure_id: failure.kind for failure_id, failure in shown.items()} == {
+        "Foley/interview.m4a": "not-audio",
+        "Foley/readme.wav": "not-audio",
+        "broken.wav": "missing",
+        "caf\\xe9.wav": "unreadable",
+        "empty.flac": "empty",
+    }
+    assert all(failure.reason.startswith(f"{failure.audio}: ") for failure in dataset.unreadable)
+    assert ".m4a cannot be decoded" in shown["Foley/interview.m4a"].reason
+    assert "not audio the decoder can read" in shown["Foley/readme.wav"].reason
+    assert "empty file (0 bytes)" in shown["empty.flac"].reason
+    assert "not a regular file" in shown["broken.wav"].reason
+    assert "not valid UTF-8" in shown["caf\\xe9.wav"].reason and shown["caf\\xe9.wav"].audio == str(library.resolve()) + "/caf\\xe9.wav"
     err = capsys.readouterr().err.replace("\n", "")
     assert (
         "ZOOM0001.WAV: its tags cannot be read (the file ends inside a chunk (at byte" in err and "using the file and folder names" in err
     )
 
 
-def test_the_default_reports_on_stderr(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert len(load_dataset(library, layout="folder").items) == len(EXPECTED)
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "skipped" in captured.err and "readme.wav: not audio" in captured.err.replace("\n", "")
+def test_links_leading_outside_the_library_are_left_out_unless_followed(library: Path) -> None:
+    """They were indexed, hence served by `amr serve`: a link could publish any folder."""
+    skipped: list[str] = []
+    dataset = load_dataset(library, on_skip=skipped.append)
+    outside = {"Linked/hum.wav", "Ambience/hum link.wav"}
+    assert [item.id for item in dataset.items] == sorted(set(EXPECTED) - outside)
+    links = sorted(str(library.resolve() / link) for link in ("Linked", "Ambience/hum link.wav"))
+    assert sorted(message.split(": ", 1)[0] for message in skipped) == links
+    assert all("outside the library; left out (--follow-outside-links follows it)" in message for message in skipped)
+
+
+def test_unreadable_files_of_a_folder_are_in_the_failures_report_with_exit_3(tmp_path: Path, shared: Path, mn04_weights: Path) -> None:
+    """They were a line on stderr with exit 0 and "failed": 0, where the generic layout reports them, exit 3."""
+    root = tmp_path / "library"
+    copy(shared / "data" / "sounds" / "audio" / "esc50-2-104952-A-16.wav", root / "wind.wav")
+    (root / "empty.wav").write_bytes(b"")
+    (root / "notes.wav").write_text("not a sound\n" * 50)
+    (root / "garbage.mp3").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    copy(shared / "data" / "sounds" / "audio" / "esc50-2-104952-A-16.wav", Path(os.fsdecode(bytes(root) + b"/caf\xe9.wav")))
+    out = tmp_path / "library.h5"
+    command = ["extract", str(root), "-o", str(out), "--audio-weights", str(mn04_weights), "--workers", "1"]
+    for run in range(2):  # reported again by a rerun, as clips that fail to decode are
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 3, result.output
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert (summary["items"], summary["failed"], summary["computed"]) == (1, 4, 1 - run)
+        records = {record["id"]: record for record in map(json.loads, failures_path(out).read_text(encoding="utf-8").splitlines())}
+        assert sorted(records) == ["caf\\xe9.wav", "empty.wav", "garbage.mp3", "notes.wav"]
+        assert records["empty.wav"]["kind"] == "empty" and records["notes.wav"]["kind"] == "not-audio"
+        assert records["garbage.mp3"]["kind"] in ("not-audio", "corrupt") and records["caf\\xe9.wav"]["kind"] == "unreadable"
+        assert all(record["reason"].startswith(str(root.resolve())) for record in records.values())
 
 
 def test_split_folders(tmp_path: Path, shared: Path) -> None:
@@ -204,17 +248,15 @@ def test_a_folder_without_audio(tmp_path: Path) -> None:
     with pytest.raises(AmrError, match="no known dataset layout"):
         load_dataset(tmp_path)
     (tmp_path / "docs" / "fake.wav").write_text("not a sound")
-    skipped: list[str] = []
-    with pytest.raises(AmrError, match=r"no items \(folder layout\)"):
-        load_dataset(tmp_path, on_skip=skipped.append)
-    assert len(skipped) == 1 and "fake.wav: not audio" in skipped[0]
+    with pytest.raises(AmrError, match=r"no items \(folder layout\); 1 unreadable file\(s\), the first: .*fake.wav: not audio"):
+        load_dataset(tmp_path)
 
 
 def test_a_manifest_folder_read_as_a_plain_folder(shared: Path) -> None:
     """The real sfx-dev set, its items.jsonl ignored: every file decodes, each gets a title."""
     skipped: list[str] = []
     dataset = load_dataset(shared / "data" / "sfx-dev", layout="folder", on_skip=skipped.append)
-    assert len(dataset.items) == 856 and skipped == []
+    assert len(dataset.items) == 856 and skipped == [] and dataset.unreadable == []
     lava = next(item for item in dataset.items if item.id == "audio/debian_game_sfx/minetest__default_cool_lava.1.ogg")
     assert lava.metadata == {"keywords": ["audio", "debian game sfx"], "title": "Water vaporizing on hot Stones"}
     footsteps = next(item for item in dataset.items if item.id == "audio/scratch_sounds/human__Footsteps-2.mp3")

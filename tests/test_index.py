@@ -7,6 +7,7 @@ tests/test_query.py reuses it.
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -340,3 +341,26 @@ def test_small_indexes_are_exact_unless_asked(library: Path, tmp_path: Path) -> 
     report = build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     assert report.ann is None and open_index(tmp_path / "index.h5").ann is None
     assert list(tmp_path.glob("*.faiss")) == []
+
+
+def test_items_whose_file_changed_or_vanished_since_extraction_are_counted_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deleted file stayed searchable and edited audio kept its old vectors, without a word."""
+    files = {name: tmp_path / f"{name}.wav" for name in ("same", "edited", "deleted", "touched")}
+    for path in files.values():
+        path.write_bytes(b"RIFF" + bytes(40))
+    items = []
+    for name, path in files.items():
+        stat = path.stat()
+        items.append(Item(name, str(path), "train", {"title": name}, audio_size=stat.st_size, audio_mtime_ns=stat.st_mtime_ns))
+    items.append(Item("unknown", "/nowhere/unknown.wav", "train", {"title": "recorded nothing"}))  # no size or time: not counted
+    cache = make_cache(tmp_path / "library.h5", items)
+    build_index(FakeRetriever(), [cache], tmp_path / "clean.h5", show_progress=False)
+    assert "since extraction" not in capsys.readouterr().err
+    files["edited"].write_bytes(b"RIFF" + bytes(80))
+    files["deleted"].unlink()
+    os.utime(files["touched"], ns=(0, 0))
+    build_index(FakeRetriever(), [cache], tmp_path / "index.h5", show_progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{cache}: 3 item(s) changed (2) or vanished (1) on disk since extraction" in err and "run `amr extract` again" in err

@@ -406,6 +406,18 @@ def test_real_query_by_example_finds_the_clip_itself(real: Path, shared: Path, m
     assert set(dog["explain"]) == {"audio"} and "Dog" in [name for name, _ in dog["tags"]]
 
 
+def test_real_query_by_example_is_limited_by_decoded_duration(real: Path, shared: Path, mn04_weights: Path) -> None:
+    sounds = shared / "data" / "sounds" / "audio"
+    long, short = sounds / "freesound-train.wav", sounds / "esc50-2-104105-A-19.wav"  # 17.4 s, 5 s
+    args = ["query", "--audio", str(long), "--audio", str(short), "-k", "1", "--max-query-seconds", "10"]
+    args += ["--audio-weights", str(mn04_weights)]
+    result = runner.invoke(app, [*args, "-w", str(real)])
+    assert result.exit_code == 3, result.output
+    assert f"{long}: 0:17 long, over the limit of 10 s" in result.stderr.replace("\n", "")
+    (found,) = jsonl(result.stdout)
+    assert found["id"] == "esc50-2-104105-A-19"  # the other example is answered
+
+
 def test_real_jsonl_round_trips_through_a_shell_pipeline(real: Path, tmp_path: Path) -> None:
     (tmp_path / "queries.txt").write_text("typing on a keyboard\nwind-1\twind\n\ncat meowing\n")
     (tmp_path / "firsts.py").write_text(

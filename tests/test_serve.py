@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import requests
+import soundfile as sf
 from conftest import SHARED
 from test_index import FakeRetriever, fake_kind, make_cache  # noqa: F401  (a fixture)
 from test_query import checkpoint_retriever, checkpoints  # noqa: F401  (a fixture)
@@ -30,7 +31,7 @@ from amr.files import sha256_file
 from amr.index import Index, Rows, open_index, write_index
 from amr.indexing import build_index
 from amr.items import Item
-from amr.query import Searcher, open_searcher
+from amr.query import MAX_EXAMPLE_SECONDS, Searcher, open_searcher
 from amr.retrievers import RETRIEVER_KINDS
 from amr.serve import LocalServer, create_app, is_loopback, serve
 from amr.zeroshot import ZeroShotRetriever
@@ -300,6 +301,64 @@ def test_a_missing_or_mismatched_index_or_a_busy_port_is_one_clear_error(tmp_pat
             LocalServer(create_app(searcher), "127.0.0.1", urlsplit(url).port)
 
 
+def test_requests_for_another_host_name_are_refused_on_loopback(api: str) -> None:
+    """DNS rebinding: a page of attacker.example whose name now resolves to 127.0.0.1 sends its own Host."""
+    port = urlsplit(api).port
+    for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1:{port + 1}", ""):
+        refused = requests.get(f"{api}/api/info", headers={"Host": host}, timeout=60)
+        assert refused.status_code == 400 and "Host" in refused.json()["detail"], host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+        assert requests.get(f"{api}/api/info", headers={"Host": host}, timeout=60).status_code == 200, host
+
+
+@pytest.mark.usefixtures("fake_kind")
+def test_a_server_on_another_address_answers_to_any_host_name(fake_index: Path) -> None:
+    """With --host (any address but loopback) clients may use any name of the machine."""
+    app = create_app(open_searcher(fake_index))
+    local = LocalServer(app, "0.0.0.0", 0)
+    try:
+        assert app.state.hosts is None
+    finally:
+        local.socket.close()
+
+
+class GatedEmbedder:
+    """An audio model that holds each clip until the test opens the gate."""
+
+    def __init__(self, inner: ContentEmbedder) -> None:
+        self.inner, self.entered, self.gate = inner, threading.Event(), threading.Event()
+
+    def embed(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(120), "the test never opened the gate"
+        return self.inner.embed(path)
+
+
+@pytest.mark.usefixtures("fake_kind")
+def test_an_upload_being_embedded_never_blocks_other_requests(fake_index: Path) -> None:
+    """The uploaded clip was embedded under the lock text queries take: a long one held them all."""
+    searcher = open_searcher(fake_index)
+    searcher.clip_embedder = embedder = GatedEmbedder(ContentEmbedder(fake_index.with_name("library.h5")))
+    with running(searcher) as url:
+        clip = (SOUNDS / "bigsoundbank-dog.mp3").read_bytes()
+        uploads: list[requests.Response] = []
+        upload = threading.Thread(
+            target=lambda: uploads.append(requests.post(f"{url}/api/search/audio", files={"file": ("dog.mp3", clip)}, timeout=300))
+        )
+        upload.start()
+        try:
+            assert embedder.entered.wait(60), "the upload did not reach the audio model"
+            # while the clip is being embedded: a text search, an item and the page are answered (a timeout here is the failure)
+            assert requests.get(f"{url}/api/search", params={"q": "dog"}, timeout=20).json()["results"][0]["id"] == "dog"
+            assert requests.get(f"{url}/api/item", params={"id": "dog"}, timeout=20).status_code == 200
+            assert requests.get(f"{url}/", timeout=20).status_code == 200
+            assert not uploads, "the upload is still being embedded"
+        finally:
+            embedder.gate.set()
+            upload.join(120)
+        assert uploads[0].status_code == 200 and uploads[0].json()["results"][0]["id"] == "dog"
+
+
 def test_only_loopback_hosts_count_as_local() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.20")
@@ -343,3 +402,16 @@ def test_real_upload_is_embedded_by_the_audio_model_and_finds_itself(real_api: s
     assert found["id"] == "esc50-2-104105-A-19" and found["score"] == pytest.approx(1.0, abs=1e-3)  # the frames `amr extract` computed
     truncated = requests.post(f"{real_api}/api/search/audio", files={"file": ("cut.wav", clip.read_bytes()[:30000])}, timeout=300)
     assert truncated.status_code == 400 and truncated.json()["detail"].startswith("cut.wav: ")
+
+
+def test_a_small_upload_of_hours_of_audio_is_refused_by_its_duration(real_api: str, tmp_path: Path) -> None:
+    """A 1 MB FLAC of 6 h of silence was decoded whole (3 GB, half a minute); its header now refuses it."""
+    rate = 1000
+    with sf.SoundFile(tmp_path / "six hours.flac", "w", rate, 1, format="FLAC") as f:
+        for _ in range(6 * 60):
+            f.write(np.zeros(60 * rate, np.float32))
+    data = (tmp_path / "six hours.flac").read_bytes()
+    assert len(data) < 2 << 20
+    response = requests.post(f"{real_api}/api/search/audio", files={"file": ("six hours.flac", data)}, timeout=300)
+    assert response.status_code == 400
+    assert response.json()["detail"] == f"six hours.flac: 6:00:00 long, over the limit of {MAX_EXAMPLE_SECONDS:g} s"

@@ -75,12 +75,15 @@ def load_dataset(
     on_skip: SkipHandler | None = None,
     encoding: str | None = None,
     allow_outside_root: bool = False,
+    follow_outside_links: bool = False,
 ) -> Dataset:
     """Read the dataset in ``root``, detecting its layout unless one is named.
 
     ``encoding`` is that of its manifest files that are not UTF-8 (default:
     a guess, with a warning); ``allow_outside_root`` accepts manifest audio
-    paths outside ``root`` (absolute, or climbing out with ``..``)."""
+    paths outside ``root`` (absolute, or climbing out with ``..``);
+    ``follow_outside_links`` follows a plain folder's symbolic links that
+    lead outside ``root`` (by default they are left out, with a line each)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise AmrError(f"{root}: not a directory")
@@ -89,13 +92,15 @@ def load_dataset(
     if name not in LAYOUTS:
         raise AmrError(f"unknown dataset layout {name!r} (known: {', '.join(LAYOUTS)})")
     problems = Problems(lenient, on_skip)
-    items = _stamped(LAYOUTS[name].read_items(root, ReadOptions(problems, encoding, allow_outside_root)), problems)
+    items = _stamped(LAYOUTS[name].read_items(root, ReadOptions(problems, encoding, allow_outside_root, follow_outside_links)), problems)
     if not items:
-        raise AmrError(f"{root}: no items ({name} layout)")
+        unreadable = problems.unreadable
+        why = f"; {len(unreadable)} unreadable file(s), the first: {unreadable[0].reason}" if unreadable else ""
+        raise AmrError(f"{root}: no items ({name} layout){why}")
     queries_path = root / generic.QUERIES_JSONL
     known = {item.id for item in items}
     queries = generic.read_queries(queries_path, known, problems, encoding) if queries_path.is_file() else []
-    return Dataset(root.name, root, items, queries)
+    return Dataset(root.name, root, items, queries, problems.unreadable)
 
 
 def _stamped(items: list[Item], problems: Problems) -> list[Item]:

@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from amr.console import console, warn
 from amr.errors import AmrError
-from amr.items import METADATA_FIELDS, SPLITS
+from amr.items import METADATA_FIELDS, SPLITS, Failure
 
 T = TypeVar("T")
 SkipHandler = Callable[[str], None]
@@ -66,6 +66,7 @@ class Problems:
     def __init__(self, lenient: bool = False, on_skip: SkipHandler | None = None) -> None:
         self.lenient = lenient
         self.on_skip = on_skip or warn_skipped
+        self.unreadable: list[Failure] = []  # files that could not become items (Dataset.unreadable)
 
     def report(self, where: str, what: str) -> None:
         message = f"{where}: {what}"
@@ -73,10 +74,10 @@ class Problems:
             raise AmrError(message)
         self.on_skip(message)
 
-    def skip(self, where: str, what: str) -> None:
-        """Report something left out that is not an error even when strict
-        (a file of a plain folder that is not audio): always to ``on_skip``."""
-        self.on_skip(f"{where}: {what}")
+    def unreadable_file(self, item_id: str, path: str, kind: str, problem: str) -> None:
+        """A file of a plain folder that cannot become an item (in strict mode
+        too): recorded for the failures report of `amr extract`, not raised."""
+        self.unreadable.append(Failure(item_id, path, kind, f"{path}: {problem}"))
 
     def attempt(self, where: str, parse: Callable[..., T], *args: Any) -> T | None:
         """``parse(*args)``, or None after reporting its RowError at ``where``."""
@@ -90,12 +91,14 @@ class Problems:
 @dataclass(frozen=True)
 class ReadOptions:
     """What a layout reader is told besides its root: where problems go, the
-    encoding of its text manifests (None: UTF-8, else a guess with a warning)
-    and whether manifest audio paths may point outside the dataset folder."""
+    encoding of its text manifests (None: UTF-8, else a guess with a warning),
+    whether manifest audio paths may point outside the dataset folder and
+    whether a plain folder's symbolic links may lead outside it."""
 
     problems: Problems
     encoding: str | None = None
     allow_outside_root: bool = False
+    follow_outside_links: bool = False  # the folder layout: follow symbolic links that lead outside its root
 
 
 def check_encoding(encoding: str | None) -> None:

@@ -6,13 +6,19 @@ Files: every file under the root, recursively, whose suffix (any case) is one
 of AUDIO_SUFFIXES or OTHER_AUDIO_SUFFIXES, in order of id. Names starting with
 ``.`` (hidden files and folders, macOS ``._`` companions) are left out.
 Symbolic links are followed, each folder once by its real path, so a link
-loop, or a link to a folder above the root, is not walked again. Each file is
+loop, or a link to a folder above the root, is not walked again. A link that
+leads outside the root (to a file or a folder) is left out, with a line
+through ``on_skip``, unless ``follow_outside_links``: what is indexed is
+served (`amr serve`), and a library's links should not publish other folders. Each file is
 opened with the decoder (header only) before it becomes an item: a file it
 cannot read (an ``.m4a``, which libsndfile does not decode; a text file named
-``.wav``; an empty file) is left out and reported through ``on_skip`` — in
-strict mode too, as a sound library is not a manifest someone wrote and one
-odd file should not stop it. So are names that are not valid UTF-8 (they could
-not be stored) and folders that cannot be listed.
+``.wav``; an empty file) is left out and recorded in ``Dataset.unreadable``
+(`Problems.unreadable_file`), which `amr extract` reports with the clips that
+fail to decode (``<cache>.failures.jsonl``, exit code 3), as for a manifest
+layout whose audio does not decode — in strict mode too, as a sound library
+is not a manifest someone wrote and one odd file should not stop it. So are
+names that are not valid UTF-8 (they could not be stored; the report shows
+the bytes escaped), broken links and folders that cannot be listed.
 
 An item's id is its path relative to the root, with ``/`` separators.
 
@@ -70,12 +76,13 @@ _COUNTERS = (
 
 def detect(root: Path) -> bool:
     """Whether any audio file is under ``root`` (stops at the first)."""
-    return next(_candidates(root, None), None) is not None
+    return next(_candidates(root, None, True), None) is not None
 
 
 def read_items(root: Path, options: ReadOptions) -> list[Item]:
     problems = options.problems
-    files = [relative for relative in sorted(_candidates(root, problems)) if _decodable(root, relative, problems)]
+    candidates = _candidates(root, problems, options.follow_outside_links)
+    files = [relative for relative in sorted(candidates) if _decodable(root, relative, problems)]
     splits = _split_folders(files)
     return [_item(root, relative, splits) for relative in files]
 
@@ -126,9 +133,19 @@ def _item(root: Path, relative: str, splits: dict[str, str]) -> Item:
     return Item(relative, str(path), split, metadata)
 
 
-def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
+def _candidates(root: Path, problems: Problems | None, follow_outside_links: bool) -> Iterator[str]:
     """Relative paths of the files with an audio suffix, depth first in name
     order; what is left out is reported to ``problems`` (if given)."""
+
+    def outside(path: str) -> bool:
+        """A link leading outside the root, left out (and said so) unless followed."""
+        real = Path(os.path.realpath(root / path))
+        if follow_outside_links or real.is_relative_to(root_real):
+            return False
+        if problems:
+            problems.on_skip(f"{root / path}: a link to {real}, outside the library; left out (--follow-outside-links follows it)")
+        return True
+
     suffixes = AUDIO_SUFFIXES + OTHER_AUDIO_SUFFIXES
     root_real = Path(os.path.realpath(root))
     visited: set[Path] = set()
@@ -145,7 +162,7 @@ def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as e:
             if problems:
-                problems.skip(str(folder), f"folder cannot be listed ({e.strerror}); left out")
+                problems.unreadable_file(relative or ".", str(folder), "unreadable", f"folder cannot be listed ({e.strerror}); left out")
             continue
         subfolders = []
         for entry in entries:
@@ -154,15 +171,20 @@ def _candidates(root: Path, problems: Problems | None) -> Iterator[str]:
                 continue
             if not encodable(entry.name):
                 if problems:
-                    shown = os.fsencode(root / path).decode("utf-8", "backslashreplace")
-                    problems.skip(shown, "name is not valid UTF-8, so it cannot be stored; rename it to include it")
+                    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+                    message = "name is not valid UTF-8, so it cannot be stored; rename it to include it"
+                    problems.unreadable_file(shown, os.fsencode(root / path).decode("utf-8", "backslashreplace"), "unreadable", message)
+            elif entry.is_symlink() and entry.is_dir() and not root_real.is_relative_to(os.path.realpath(entry.path)) and outside(path):
+                continue
             elif entry.is_dir():
                 subfolders.append(path)
+            elif entry.name.lower().endswith(suffixes) and entry.is_symlink() and entry.is_file() and outside(path):
+                continue
             elif entry.name.lower().endswith(suffixes):
                 if entry.is_file():
                     yield path
                 elif problems:
-                    problems.skip(str(root / path), "not a regular file (a broken link?); left out")
+                    problems.unreadable_file(path, str(root / path), "missing", "not a regular file (a broken link?); left out")
         pending.extend(reversed(subfolders))
 
 
@@ -171,7 +193,7 @@ def _decodable(root: Path, relative: str, problems: Problems) -> bool:
     path = root / relative
     try:
         if path.stat().st_size == 0:
-            problems.skip(str(path), "empty file (0 bytes); left out")
+            problems.unreadable_file(relative, str(path), "empty", "empty file (0 bytes); left out")
             return False
         sf.info(str(path))
     except sf.SoundFileError as e:
@@ -179,10 +201,10 @@ def _decodable(root: Path, relative: str, problems: Problems) -> bool:
             reason = f"{path.suffix} cannot be decoded (amr reads WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF); convert it, e.g. to FLAC"
         else:
             reason = f"not audio the decoder can read ({getattr(e, 'error_string', None) or e}); left out"
-        problems.skip(str(path), reason)
+        problems.unreadable_file(relative, str(path), "not-audio", reason)
         return False
     except OSError as e:
-        problems.skip(str(path), f"cannot be read ({e.strerror}); left out")
+        problems.unreadable_file(relative, str(path), "unreadable", f"cannot be read ({e.strerror}); left out")
         return False
     return True
 
