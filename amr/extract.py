@@ -2,16 +2,19 @@
 
 The pipeline, built for throughput on a few CPU cores and flat memory:
 
-* worker processes decode, resample and compute the log-mel of clips
-  (`decode_segment`, in segments of a few minutes, so an hour-long file never
-  sits in memory whole), a bounded number of tasks in flight;
-* the main process collects the windows in a `WindowBatcher`, which runs full
-  batches of one bucket width through the `amr.encoder.AudioEncoder` (exact at
-  every clip length, bit-repeatable whatever the batch company) and hands back
-  each clip once all of its windows are embedded;
-* the main process also computes the tags of each segment of a long recording
-  (`AudioEncoder.segments`, on the cache's `SegmentGrid`), stored in the cache
-  so that an index can cut exactly those spans;
+* worker processes (one per available core: `default_workers`) decode,
+  resample and compute the log-mel of clips (`decode_segment`, in segments of
+  a few minutes, so an hour-long file never sits in memory whole), a bounded
+  number of tasks in flight, and run the windows through the model in their
+  own `WindowBatcher`, which runs full batches of one bucket width through the
+  `amr.encoder.AudioEncoder` (exact at every clip length, bit-repeatable
+  whatever the batch company): each core decodes and embeds, one torch thread
+  per worker, and only frames travel back (with the model on a GPU, the main
+  process runs the one batcher instead: `embed_items`);
+* the main process reassembles each clip from its windows (`assemble`, shared
+  with amr.ray_engine) and computes its tags and, for a long recording, the
+  tags of each segment (`AudioEncoder.segments`, on the cache's `SegmentGrid`),
+  stored in the cache so that an index can cut exactly those spans;
 * a `PartWriter` writes finished clips in *parts* (complete cache files, renamed
   into place) every PART_SIZE clips; a killed run loses at most the clips since
   the last part, and a rerun skips what the cache and the parts already hold,
@@ -47,6 +50,7 @@ no-samples; see amr.audio) and ``reason``. None of them is in the cache
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import threading
@@ -58,8 +62,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -73,7 +78,7 @@ from amr.errors import AmrError
 from amr.files import atomic_write, exclusive
 from amr.items import Failure, Item
 from amr.segments import SegmentGrid
-from amr.weights import AudioSettings, ResolvedWeights
+from amr.weights import ResolvedWeights
 
 # A window waits for at most this many later windows before its bucket runs part-full,
 # so that clips keep reaching part files when one bucket is rare (a killed run then
@@ -96,13 +101,47 @@ class ExtractReport:
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use: its affinity mask (taskset, a container's cpuset),
+    capped by a CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``; a quota of
+    1.5 cores counts 2). What `os.cpu_count` reports is the machine's, often far more."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def _cpu_quota(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota, in cores, of this process's cgroup (v2 or v1); None where there is none."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        mount = root / controllers if controllers else root
+        for folder in (mount / group.lstrip("/"), mount):  # the group's folder, or (inside a container) the mount itself
+            if (quota := _quota_in(folder, v2=not controllers)) is not None:
+                return quota
+    return None
+
+
+def _quota_in(folder: Path, v2: bool) -> float | None:
+    """cgroup v2 ``cpu.max`` ("max 100000" or "150000 100000"), v1 ``cpu.cfs_quota_us`` (-1: none) over its period."""
+    try:
+        if v2:
+            limit, period = (folder / "cpu.max").read_text().split()
+            return None if limit == "max" else int(limit) / int(period)
+        quota, period = (int((folder / name).read_text()) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        return quota / period if quota > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def default_workers() -> int:
-    """One decoding process per core: decoding and the log-mel cost about as
-    much as the model, which runs on the threads they leave (at least one)."""
+    """One worker process per available core: each decodes its clips and runs the
+    model on them on one torch thread, so every core does both and none waits
+    for the other stage (see `embed_items`)."""
     return available_cores()
 
 
@@ -227,10 +266,10 @@ def _embed(
     show_progress: bool,
     engine: Engine | None,
 ) -> Iterator[ClipEmbedding | Failure]:
-    """Every item's embedding (or failure), in completion order. The model runs on
-    the cores the decoding workers leave; the thread count is restored after."""
+    """Every item's embedding (or failure), in completion order. This process only
+    assembles clips, computes their tags and writes: one torch thread (restored after)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, available_cores() - workers))
+    torch.set_num_threads(1)
     try:
         with progress("extract", TimeRemainingColumn(), show=show_progress) as bar:
             task = bar.add_task("extract", total=len(items))
@@ -252,23 +291,55 @@ def embed_items(
     workers: int = 1,
     seed: int = 0,
     segments: SegmentGrid = SegmentGrid(),
+    model_in_workers: bool | None = None,
 ) -> Iterator[ClipEmbedding | Failure]:
-    """The local engine: `workers` forked processes decode segments (at most 4 per
-    worker in flight), the batcher embeds their windows; yields each clip (with
-    its segments' tags on the grid `segments`), or its failure, as it completes."""
-    batcher = WindowBatcher(encoder, augment_views, MAX_WAIT_WINDOWS)
+    """The local engine: yields each clip (with its segments' tags on the grid
+    `segments`), or its failure, as it completes.
+
+    `workers` forked processes, one torch thread each, take segments of clips
+    (at most 4 tasks per worker in flight) and decode them; with the model on
+    the CPU (`model_in_workers`, the default there) each worker also runs its
+    windows through the model in its own `WindowBatcher` and sends back only
+    frames, so every core both decodes and embeds and no stage waits for
+    another, and the log-mels (40 times the frames' size) never cross a
+    process boundary. With the model on a GPU, the workers send the log-mels
+    and this process runs them in one batcher. Either way a window's frames are
+    the same bit for bit (see amr.encoder), and this process assembles the
+    clips (`assemble`)."""
+    if model_in_workers is None:
+        model_in_workers = encoder.device.type == "cpu"
+    rows = _worker_rows(items, encoder, augment_views, workers, seed, model_in_workers)
+    yield from assemble(items, encoder, segments, rows)
+
+
+Row = dict[str, Any]  # one window's frames, or a clip's failure: see `assemble`
+
+
+@dataclass
+class _Reply:
+    """A worker's answer to one task: whether the clip goes on past its segment, the
+    rows of windows its model finished (of this or earlier tasks), and the windows
+    left for this process's model (key, mel, views), when the workers run none."""
+
+    more: bool
+    rows: list[Row]
+    windows: list[tuple[tuple[int, int, int], np.ndarray, np.ndarray | None]]
+
+
+def _worker_rows(
+    items: Sequence[Item], encoder: AudioEncoder, augment_views: int, workers: int, seed: int, model_in_workers: bool
+) -> Iterator[Row]:
+    """The rows of every window of `items` (and a row per failed clip), as the workers finish them."""
+    local = None if model_in_workers else WindowBatcher(encoder, augment_views, MAX_WAIT_WINDOWS)
     queue = iter(range(len(items)))
-    in_flight: dict[Future[DecodedSegment], int] = {}
-
-    def embedding(clip: EncodedClip) -> ClipEmbedding:
-        return ClipEmbedding(items[clip.key], clip.frames, clip.tags, clip.augmented, encoder.segments(clip.frames, segments))
-
-    # fork: workers start at once (spawn would import torch again in each)
-    context = get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(encoder.audio,)) as pool:
+    in_flight: dict[Future[_Reply], tuple[int, int]] = {}
+    context = get_context("fork")  # workers start at once (spawn would import torch again in each) and share the model's memory
+    barrier = context.Barrier(workers)
+    initargs = (encoder, augment_views, model_in_workers, barrier)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
 
         def submit(index: int, number: int) -> None:
-            in_flight[pool.submit(_decode_in_worker, items[index].audio, number, augment_views, seed)] = index
+            in_flight[pool.submit(_work, index, items[index].audio, number, seed)] = index, number
 
         def fill() -> None:  # new clips while fewer than 4 tasks per worker are in flight
             while len(in_flight) < 4 * workers and (index := next(queue, None)) is not None:
@@ -278,19 +349,74 @@ def embed_items(
         while in_flight:
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in finished:
-                index = in_flight.pop(future)
-                segment = future.result()
-                if segment.error is not None:
-                    batcher.drop(index)
-                    yield Failure(items[index].id, items[index].audio, *segment.error)
-                    continue
-                if segment.more:
-                    submit(index, segment.number + 1)
-                for clip in batcher.add(index, segment.first_window, segment.mels, segment.views, last=not segment.more):
-                    yield embedding(clip)
+                index, number = in_flight.pop(future)
+                reply = future.result()
+                if reply.more:
+                    submit(index, number + 1)
+                yield from reply.rows
+                for key, mel, views in reply.windows:
+                    yield from _rows(local.add(key, 0, [mel], [views] if augment_views else (), last=True))  # type: ignore[union-attr]
             fill()
-    for clip in batcher.flush():
-        yield embedding(clip)
+        if model_in_workers:  # one flush per worker: each waits at the barrier until every worker holds one
+            for flushed in [pool.submit(_flush_worker) for _ in range(workers)]:
+                yield from flushed.result()
+    if local is not None:
+        yield from _rows(local.flush())
+
+
+def _rows(clips: list[EncodedClip]) -> list[Row]:
+    """A batcher's finished windows as rows; each window was added as a clip of its own, keyed (clip, window, windows)."""
+    rows = []
+    for clip in clips:
+        index, window, windows = clip.key  # type: ignore[misc]
+        row = {"clip": index, "window": window, "windows": windows, "frames": clip.frames, "kind": "", "reason": ""}
+        if clip.augmented is not None:
+            row["augmented"] = clip.augmented
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class _ArrivingClip:
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # window -> (t, C)
+    augmented: dict[int, np.ndarray] = field(default_factory=dict)  # window -> (t, K, C)
+    windows: int | None = None  # known once a window of the last segment arrived
+
+
+def assemble(items: Sequence[Item], encoder: AudioEncoder, grid: SegmentGrid, rows: Iterator[Row]) -> Iterator[ClipEmbedding | Failure]:
+    """Each clip once all of its windows' rows have arrived (in any order), with its
+    tags and its segments' tags (computed here, by the process that writes); a
+    failure row makes the clip a Failure, and its other rows are ignored.
+
+    A row: ``clip`` (the item's index), ``window`` (its number in the clip),
+    ``windows`` (the clip's window count, on the windows of its last segment; -1
+    before), ``frames`` (t, C), ``augmented`` (t, K, C) with augmented views, and
+    ``kind`` and ``reason``, empty but for a failure (amr.ray_engine's rows too)."""
+    pending: dict[int, _ArrivingClip] = {}
+    failed: set[int] = set()
+    for row in rows:
+        index = int(row["clip"])
+        if index in failed:
+            continue
+        if row["kind"]:
+            pending.pop(index, None)
+            failed.add(index)
+            yield Failure(items[index].id, items[index].audio, str(row["kind"]), str(row["reason"]))
+            continue
+        clip = pending.setdefault(index, _ArrivingClip())
+        window = int(row["window"])
+        clip.frames[window] = row["frames"]
+        if "augmented" in row:
+            clip.augmented[window] = row["augmented"]
+        if row["windows"] >= 0:
+            clip.windows = int(row["windows"])
+        if clip.windows is not None and len(clip.frames) == clip.windows:
+            del pending[index]
+            frames = np.concatenate([clip.frames[w] for w in range(clip.windows)])
+            augmented = np.concatenate([clip.augmented[w] for w in range(clip.windows)]) if clip.augmented else None
+            yield ClipEmbedding(items[index], frames, encoder.tags(frames), augmented, encoder.segments(frames, grid))
+    if pending:
+        raise RuntimeError(f"the engine ended with {len(pending)} clips incomplete, e.g. {items[next(iter(pending))].audio}")
 
 
 # --- the batcher: windows of many clips -> full batches -> finished clips ----------------
@@ -300,7 +426,6 @@ def embed_items(
 class EncodedClip:
     key: Hashable
     frames: np.ndarray  # (T, C) float32
-    tags: np.ndarray  # (num_classes,)
     augmented: np.ndarray | None  # (T, K, C), with augmented views
 
 
@@ -323,7 +448,7 @@ class _PendingClip:
 
 class WindowBatcher:
     """Collects log-mel windows of many clips, runs them through the encoder in
-    full batches of one bucket width, and hands back each clip (frames, tags,
+    full batches of one bucket width, and hands back each clip (frames and
     augmented views) once all of its windows are embedded.
 
     A clip arrives as segments of consecutive windows (`add`), in any order and
@@ -411,7 +536,7 @@ class WindowBatcher:
         if self.augment_views:
             views = range(self.augment_views)
             augmented = np.concatenate([np.stack([clip.frames[(w, v)] for v in views], 1) for w in range(clip.windows)])
-        return [EncodedClip(key, frames, self.encoder.tags(frames), augmented)]
+        return [EncodedClip(key, frames, augmented)]
 
 
 # --- workers: decode -> resample -> log-mel (+ SpecAugmented views) ----------------------
@@ -467,21 +592,61 @@ def _view_seed(path: str, segment: int, window: int, seed: int) -> int:
     return zlib.crc32(f"{path}|{segment}|{window}|{seed}".encode())
 
 
-_worker: tuple[audio.MelFrontEnd, float] | None = None  # this worker process's front end and window length
+@dataclass
+class _Worker:
+    """A worker process's state: the encoder (inherited from the parent by fork), and
+    its batcher when the model runs here."""
+
+    encoder: AudioEncoder
+    augment_views: int
+    batcher: WindowBatcher | None
+    barrier: Barrier
 
 
-def _init_worker(settings: AudioSettings) -> None:
+_worker: _Worker | None = None
+
+
+def _init_worker(encoder: AudioEncoder, augment_views: int, model_in_workers: bool, barrier: Barrier) -> None:
     global _worker
     torch.set_num_threads(1)
-    _worker = (audio.MelFrontEnd(settings.mel), settings.window_seconds)
+    batcher = WindowBatcher(encoder, augment_views, MAX_WAIT_WINDOWS) if model_in_workers else None
+    _worker = _Worker(encoder, augment_views, batcher, barrier)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
-def _decode_in_worker(path: str, number: int, augment_views: int, seed: int) -> DecodedSegment:
+def _this_worker() -> _Worker:
     if _worker is None:
-        raise RuntimeError("_decode_in_worker runs in a process started with _init_worker")
-    front_end, window_seconds = _worker
-    return decode_segment(path, number, front_end, window_seconds, augment_views, seed)
+        raise RuntimeError("amr.extract's worker tasks run in a process started with _init_worker")
+    return _worker
+
+
+def _work(index: int, path: str, number: int, seed: int) -> _Reply:
+    """Decode segment `number` of clip `index`; its windows go to this worker's
+    batcher (each as a clip of its own, keyed (clip, window, windows)), or back
+    to the parent when the model runs there."""
+    worker = _this_worker()
+    settings = worker.encoder.audio
+    segment = decode_segment(path, number, worker.encoder.front_end, settings.window_seconds, worker.augment_views, seed)
+    if segment.error is not None:
+        failure = {"clip": index, "window": -1, "windows": -1, "frames": None, "kind": segment.error[0], "reason": segment.error[1]}
+        return _Reply(False, [failure], [])
+    windows = -1 if segment.more else segment.first_window + len(segment.mels)
+    views: Sequence[np.ndarray | None] = segment.views or [None] * len(segment.mels)
+    keyed = [((index, segment.first_window + k, windows), mel, view) for k, (mel, view) in enumerate(zip(segment.mels, views))]
+    if worker.batcher is None:
+        return _Reply(segment.more, [], keyed)
+    rows = []
+    for key, mel, view in keyed:
+        rows += _rows(worker.batcher.add(key, 0, [mel], [view] if view is not None else (), last=True))
+    return _Reply(segment.more, rows, [])
+
+
+def _flush_worker() -> list[Row]:
+    """The rows of every window still waiting in this worker's batcher. Waits until
+    each worker holds one of these tasks, so that every worker gets exactly one."""
+    worker = _this_worker()
+    worker.barrier.wait()
+    return _rows(worker.batcher.flush()) if worker.batcher is not None else []
 
 
 def _exit_with_parent(parent: int) -> None:

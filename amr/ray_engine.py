@@ -16,9 +16,10 @@ A Ray Data pipeline in three stages:
   machine and thread count (see amr.encoder).
 
 The driver reassembles each clip from its windows as they stream back (any
-order, any actor), computes its tags with the same `AudioEncoder.tags`, and
-yields it; `amr.extract.extract` writes the clips as the same part files, so
-resume after a kill, the failures report and the merge are the local engine's.
+order, any actor) with the local engine's `amr.extract.assemble`, which computes
+its tags with the same `AudioEncoder.tags`, and yields it; `amr.extract.extract`
+writes the clips as the same part files, so resume after a kill, the failures
+report and the merge are the local engine's.
 
 Ray is optional (``pip install amr[ray]``). On a cluster every node needs amr
 and Ray of the driver's versions and the audio files at the same paths (a
@@ -32,7 +33,7 @@ import logging
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -43,7 +44,7 @@ from amr.audio import MelFrontEnd
 from amr.cache import ClipEmbedding
 from amr.encoder import AudioEncoder
 from amr.errors import AmrError
-from amr.extract import Failure, available_cores, decode_segment
+from amr.extract import Failure, assemble, available_cores, decode_segment
 from amr.items import Item
 from amr.mobilenet import MobileNetV3
 from amr.segments import SegmentGrid
@@ -244,46 +245,3 @@ class EncoderActor:
                 augmented[i] = np.stack([next(encoded) for _ in range(k)], 1)
             out["augmented"] = augmented
         return out
-
-
-# --- the driver: window rows -> clips -------------------------------------------------------
-
-
-@dataclass
-class _PendingClip:
-    frames: dict[int, np.ndarray] = field(default_factory=dict)  # window -> (t, C)
-    augmented: dict[int, np.ndarray] = field(default_factory=dict)  # window -> (t, K, C)
-    windows: int | None = None  # known once a window of the last segment arrived
-
-
-def assemble(
-    items: Sequence[Item], encoder: AudioEncoder, grid: SegmentGrid, rows: Iterator[dict[str, Any]]
-) -> Iterator[ClipEmbedding | Failure]:
-    """Each clip once all of its windows' rows have arrived (in any order), with its
-    tags and its segments' tags (as the local engine computes them, on the driver);
-    a failure row makes the clip a Failure, and its other rows are ignored."""
-    pending: dict[int, _PendingClip] = {}
-    failed: set[int] = set()
-    for row in rows:
-        index = int(row["clip"])
-        if index in failed:
-            continue
-        if row["kind"]:
-            pending.pop(index, None)
-            failed.add(index)
-            yield Failure(items[index].id, items[index].audio, str(row["kind"]), str(row["reason"]))
-            continue
-        clip = pending.setdefault(index, _PendingClip())
-        window = int(row["window"])
-        clip.frames[window] = row["frames"]
-        if "augmented" in row:
-            clip.augmented[window] = row["augmented"]
-        if row["windows"] >= 0:
-            clip.windows = int(row["windows"])
-        if clip.windows is not None and len(clip.frames) == clip.windows:
-            del pending[index]
-            frames = np.concatenate([clip.frames[w] for w in range(clip.windows)])
-            augmented = np.concatenate([clip.augmented[w] for w in range(clip.windows)]) if clip.augmented else None
-            yield ClipEmbedding(items[index], frames, encoder.tags(frames), augmented, encoder.segments(frames, grid))
-    if pending:
-        raise RuntimeError(f"the Ray pipeline ended with {len(pending)} clips incomplete, e.g. {items[next(iter(pending))].audio}")

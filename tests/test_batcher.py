@@ -33,9 +33,6 @@ class FakeEncoder:
         self.batches.append([float(m[0, 0]) for m in mels])
         return [np.full((-(-m.shape[1] // 4), 2), m[0, 0], np.float32) for m in mels]
 
-    def tags(self, frames: np.ndarray) -> np.ndarray:
-        return frames.mean(axis=0)
-
 
 def mel(value: float, frames: int) -> np.ndarray:
     return np.full((1, frames), value, np.float32)
@@ -64,7 +61,6 @@ def test_full_batches_run_at_once_and_clips_come_back_whole(fake: FakeEncoder) -
     assert {clip.key for clip in done} == {"a", "b"}
     a = next(clip for clip in done if clip.key == "a")
     assert values(a.frames) == [1, 2] and a.frames.shape == (4, 2)  # ceil(5/4) + ceil(6/4) frames, in window order
-    np.testing.assert_array_equal(a.tags, a.frames.mean(axis=0))
     assert batcher.waiting_frames == 0 and batcher.flush() == []
 
 

@@ -62,3 +62,13 @@ def test_ucs_bench_prints_its_table(tmp_path: Path) -> None:
     assert "12 hand-labelled sfx-dev clips" in out
     for row in ("audio only", "metadata only", "fused", "chance"):
         assert any(line.startswith(row) and len(line.split()) >= 3 for line in out.splitlines()), out
+
+
+def test_extract_bench_prints_whole_process_figures_of_both_sets(tmp_path: Path) -> None:
+    sounds = Path(os.environ.get("AMR_SHARED", REPO.parent / "shared")) / "data" / "sounds"
+    out = bench("extract.py", "--data", str(sounds), "--gains", "0.5", "--runs", "1", "--plain-threads", "1", "--work", str(tmp_path))
+    assert out.count("amr extract (") == 2 and out.count("plain per-file loop, 1 torch thread(s)") == 2
+    assert out.count("speed ratio:") == 2 and out.count("load average before:") == 2
+    assert "the real clips x1 gains: 39 clips" in out and (tmp_path / "gains" / "items.jsonl").exists()
+    frames = [line for line in out.splitlines() if line.strip().startswith("frames, all")]
+    assert len(frames) == 2 and all(float(line.split()[2]) >= 0.9995 for line in frames)

@@ -240,6 +240,48 @@ def test_long_file_split_into_worker_segments(tmp_path: Path, weights, monkeypat
         np.testing.assert_array_equal(a.all_frames(), b.all_frames())
 
 
+def test_cache_is_bit_identical_to_each_clip_embedded_alone(sounds: list[Item], weights, tmp_path: Path) -> None:
+    """Whichever process runs the model (the workers, each with its own batches, or
+    this one, as on a GPU) and however clips share batches, every stored value is
+    that of the clip embedded on its own (AudioEncoder.encode of its windows only,
+    one torch thread, as the workers run), bit for bit: the real clips, and a
+    200 s recording that is decoded in two tasks (on either worker) and cut into
+    segments with tags of their own."""
+    import torch
+
+    from amr.encoder import AudioEncoder
+    from amr.extract import embed_items
+    from amr.segments import SegmentGrid
+
+    long = tmp_path / "long 200 s.wav"
+    sf.write(long, (0.1 * np.random.default_rng(2).standard_normal(22050 * 200)).astype(np.float32), 22050)
+    items = [*sounds, Item("long", str(long))]
+    cache = tmp_path / "cache.h5"
+    extract(items, cache, weights, workers=2, progress=False)
+    encoder, grid = AudioEncoder.load(weights), SegmentGrid()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = {item.id: encoder.embed_file(Path(item.audio)) for item in items}
+        in_this_process = {clip.item.id: clip for clip in embed_items(items, encoder, workers=2, model_in_workers=False)}
+    finally:
+        torch.set_num_threads(threads)
+    with EmbeddingCache(cache) as stored:
+        assert [item.id for item in stored.items] == [item.id for item in items]
+        for i, item in enumerate(items):
+            frames, tags = alone[item.id]
+            np.testing.assert_array_equal(stored.stored(i)[0], frames.astype(np.float16), err_msg=item.id)
+            np.testing.assert_array_equal(stored.tags[i], tags.astype(np.float16), err_msg=item.id)
+            np.testing.assert_array_equal(in_this_process[item.id].frames, frames, err_msg=item.id)
+            np.testing.assert_array_equal(in_this_process[item.id].tags, tags, err_msg=item.id)
+        segments = stored.segments(stored.index_of("long"))
+        expected = encoder.segments(alone["long"][0], grid)
+        assert expected is not None and len(segments) == len(expected) > 1
+        for got, want in zip(segments, expected):
+            assert (got.start, got.end) == (want.start, want.end)
+            np.testing.assert_array_equal(got.tags, want.tags.astype(np.float16).astype(np.float32))
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
