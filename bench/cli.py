@@ -19,7 +19,12 @@ Measured, side by side with the target of issue 19:
   builds at that size) of bench/query.py's synthetic vectors, whose query
   encoder is that of an untrained model of the default configuration;
 * ``amr serve``: seconds from its start to its first answer, then
-  ``amr query --server`` against it.
+  ``amr query --server`` against it;
+* the query encoder's settings (amr.query_encoder), each in a fresh process:
+  seconds to start an onnxruntime session on the sfx-dev zero-shot index's
+  graph and ms per encoding of one short query, for each graph optimisation
+  level and intra-op thread count, with the weights as external data (what
+  amr writes) and embedded in the graph.
 
 The setup (``amr extract`` of sfx-dev, one epoch of training each for the
 late and mid models with a frozen text encoder: their query side costs what
@@ -158,6 +163,53 @@ def serve(index: Path, runs: int) -> list[dict]:
         server.wait(timeout=60)
 
 
+SESSION = """
+import sys, time
+import numpy as np, onnxruntime as ort
+path, level, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+options = ort.SessionOptions()
+options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+started = time.perf_counter()
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+start = time.perf_counter() - started
+feed = {"input_ids": np.array([[101, 3899, 17554, 1999, 1996, 4542, 102]]), "attention_mask": np.ones((1, 7), np.int64)}
+session.run(None, feed)
+started = time.perf_counter()
+for _ in range(50):
+    session.run(None, feed)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(start, (time.perf_counter() - started) / 50, peak / 1024)
+"""
+
+
+def encoder_settings(index: Path, runs: int) -> list[dict]:
+    """Session start and encoding time of the index's query encoder under each setting (run last: it imports onnx)."""
+    import onnx
+
+    from amr.index import open_index, query_folder
+    from amr.query_encoder import GRAPH
+
+    graph = query_folder(index, open_index(index).header.query_encoder["token"]) / GRAPH
+    embedded = index.with_name("embedded.onnx")
+    if not embedded.exists():
+        onnx.save_model(onnx.load(str(graph)), str(embedded))
+    rows = []
+    print(f"{'query encoder setting':<58} {'start s':>7} {'ms/enc':>7} {'peak MB':>8}")
+    for weights, path in (("external data", graph), ("embedded", embedded)):
+        for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"):
+            for threads in (1, 2):
+                measured = []
+                for _ in range(runs):
+                    done = subprocess.run([sys.executable, "-c", SESSION, str(path), level, str(threads)], capture_output=True, text=True)
+                    measured.append([float(x) for x in done.stdout.split()])
+                start, encode, peak = (statistics.median(m[i] for m in measured) for i in range(3))
+                label = f"weights {weights}, {level}, {threads} thread(s)"
+                print(f"{label:<58} {start:>7.3f} {encode * 1000:>7.2f} {peak:>8.0f}", flush=True)
+                rows.append({"setting": label, "start_s": start, "encode_ms": encode * 1000, "rss_mb": peak})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="measured runs of each command (after one warm-up) [default: 7]")
@@ -167,7 +219,10 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     indexes = setup(args.work)
-    big = million(args.work) if args.million else None
+    # built in a child: a child's peak RSS (ru_maxrss) counts from this process's size when it forks
+    here, work = str(Path(__file__).parent), str(args.work)
+    code = f"import sys; sys.path.insert(0, {here!r}); import cli; from pathlib import Path; cli.million(Path({work!r}))"
+    big = args.work / "million" / "index.h5" if args.million and subprocess.run([sys.executable, "-c", code]).returncode == 0 else None
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs; {args.runs} runs each")
     print(f"{'command':<58} {'p50 s':>7} {'max s':>7} {'peak MB':>8}   target")
     rows = [
@@ -187,6 +242,7 @@ def main() -> None:
         rows.append(measure("amr query, 10^6 rows (ivf-sq8): query encoder", one_shot, args.runs, TARGETS["million"]))
         rows.append(measure("amr query, 10^6 rows (ivf-sq8): torch (the old path)", one_shot, args.runs, "reference", TORCH))
     rows += serve(indexes["zero-shot"], args.runs)
+    rows += encoder_settings(indexes["zero-shot"], args.runs)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
