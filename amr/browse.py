@@ -152,7 +152,7 @@ class Library:
     @cached_property
     def ucs_queries(self) -> np.ndarray:
         """(752, dim) the UCS entries' texts encoded as queries of this index."""
-        return self.searcher.retriever.encode_queries([entry.text for entry in categories().values()])
+        return self.searcher.text_encoder().encode_queries([entry.text for entry in categories().values()])
 
     def suggestion(self, item_id: str, start: float) -> dict[str, Any] | None:
         """The UCS category this index's model ranks first for the item's segment at ``start``; None for a UCS-named item."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -332,6 +332,11 @@ class TrainedRetriever:
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.model.encode_queries(texts)
+
+    def query_side(self) -> tuple[TextEncoder, str, Callable[[torch.Tensor], torch.Tensor]]:
+        """The (query) text encoder, its pooling and the map from pooled embeddings
+        to query vectors that encode_queries runs (for amr.query_encoder)."""
+        return self.model.text, self.model.config.text_pooling, self.model.query_vectors
 
     def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
         if not self.model.config.uses_audio:

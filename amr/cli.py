@@ -23,9 +23,23 @@ import click
 import typer
 
 from amr import __version__
+from amr.config import (
+    ANN_KINDS,
+    BY_FIELDS,
+    DEVICES,
+    LAYOUT_NAMES,
+    MAX_EXAMPLE_SECONDS,
+    ModelConfig,
+    TrainConfig,
+    Validation,
+    ZeroShotConfig,
+)
 from amr.console import error
 from amr.errors import AmrError
 from amr.fusion import Fusion, Init
+from amr.items import SPLITS
+from amr.results import Format
+from amr.segments import SegmentGrid
 from amr.workspace import WORKSPACE_ENV, Workspace
 
 app = typer.Typer(
@@ -37,6 +51,8 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+SERVER_ENV = "AMR_SERVER"  # the server `amr query` sends its queries to
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what --threads sets
 
 
 def command(function: F) -> F:
@@ -57,7 +73,7 @@ def command(function: F) -> F:
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except OSError as e:
             error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else f"{type(e).__name__}: {e}")
@@ -90,28 +106,13 @@ def _options(
     """Language-based audio retrieval with metadata: extract, train, index, query, serve, evaluate."""
 
 
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class AnnKind(StrEnum):
-    ivf_sq8 = "ivf-sq8"
-    ivf_pq = "ivf-pq"
-
-
-class Split(StrEnum):
-    train = "train"
-    val = "val"
-    test = "test"
-
-
-class EvaluatedSplit(StrEnum):
-    train = "train"
-    val = "val"
-    test = "test"
-    all = "all"
+# The choices of options, as enums for typer; their vocabularies are amr.config's and amr.items'.
+Device = StrEnum("Device", {name: name for name in DEVICES})
+AnnKind = StrEnum("AnnKind", {name: name for name in ANN_KINDS})
+Split = StrEnum("Split", {name: name for name in SPLITS})
+EvaluatedSplit = StrEnum("EvaluatedSplit", {name: name for name in (*SPLITS, "all")})
+Layout = StrEnum("Layout", {name: name for name in LAYOUT_NAMES})
+By = StrEnum("By", {name: name for name in BY_FIELDS})
 
 
 WorkspaceOption = Annotated[
@@ -126,11 +127,6 @@ def _emit(summary: dict[str, Any]) -> None:
 
 
 # --- extract ------------------------------------------------------------------------------
-
-from amr.datasets import LAYOUTS  # noqa: E402  (the layouts, as choices)
-from amr.segments import SegmentGrid  # noqa: E402  (the segment defaults)
-
-Layout = StrEnum("Layout", {name: name for name in LAYOUTS})
 
 
 class ExtractEngine(StrEnum):
@@ -257,9 +253,6 @@ def extract(
 
 
 # --- train --------------------------------------------------------------------------------
-
-from amr.model import ModelConfig  # noqa: E402  (the defaults of the train options)
-from amr.train import TrainConfig, Validation  # noqa: E402
 
 
 @command
@@ -401,8 +394,6 @@ def train(
 
 # --- index --------------------------------------------------------------------------------
 
-from amr.zeroshot import ZeroShotConfig  # noqa: E402  (the defaults of the zero-shot options)
-
 
 @command
 def index(
@@ -455,20 +446,42 @@ def index(
         float, typer.Option(min=0.0, help="Zero-shot: weight of the metadata vector in the fused item vector.")
     ] = ZeroShotConfig.metadata_weight,
     text_model: Annotated[str, typer.Option(help="Zero-shot: Hugging Face text model name or directory.")] = ZeroShotConfig.text_model,
+    refresh_query_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-query-encoder",
+            help="Only write the query encoder of the index --output (default: the latest) anew, from the model that built it: "
+            "how an index of an older amr gets one.",
+        ),
+    ] = False,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Encode every item of the caches through the checkpoint's item tower (or zero-shot) into a searchable index.
 
+    Beside the index goes its query encoder (the text side of the model as
+    an ONNX graph), with which `amr query` encodes text without torch.
     Prints a JSON summary on stdout; with an approximate index, its recall
     against exact search goes to stderr."""
     from dataclasses import asdict
 
     from amr.devices import resolve_device
     from amr.indexing import build_index, retriever_spec
+    from amr.indexing import refresh_query_encoder as refresh
     from amr.retrievers import load_retriever
 
     ws = Workspace.resolve(workspace)
+    if refresh_query_encoder:
+        if caches or append or zero_shot:
+            raise typer.BadParameter(
+                "takes the index (--output) and at most its --checkpoint: no caches, --append or --zero-shot",
+                param_hint="--refresh-query-encoder",
+            )
+        output = output or ws.latest("index")
+        spec = retriever_spec(None, checkpoint, output, lambda: ws.latest("checkpoint"))
+        retriever = load_retriever(spec, resolve_device(device.value))
+        _emit({"index": str(output), "query_encoder": refresh(output, retriever)})
+        return
     caches = caches or [ws.latest("cache")]
     zero_shot_config = ZeroShotConfig(text_model, audio_weight, metadata_weight) if zero_shot else None
     if output is None:
@@ -493,8 +506,6 @@ def index(
 
 
 # --- query --------------------------------------------------------------------------------
-
-from amr.query import MAX_EXAMPLE_SECONDS, Format  # noqa: E402  (the output formats, the example clips' limit)
 
 MaxQuerySecondsOption = Annotated[
     float,
@@ -550,32 +561,50 @@ def query(
             "up large batches.",
         ),
     ] = 1,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar=SERVER_ENV,
+            help="Send the queries to this running `amr serve` (http://HOST:PORT) and print its answers, the same records as "
+            "a local search (its index and model answer: --index, --checkpoint, --device and --threads are the server's).",
+        ),
+    ] = None,
     device: DeviceOption = Device.cpu,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Rank the indexed items for each query; results on stdout, one record per (query, item).
 
-    Exit code 0 when every query ran; 3 when some failed (each reported on
-    stderr; the others still produce results); 1 when nothing could run."""
-    # Before numpy loads: its OpenBLAS reads this once. Measured (bench/query.py): with torch
-    # loaded, a multi-threaded matrix-vector product stalls ~8 ms; one thread takes 0.5 ms.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
-    import torch
-
-    from amr.devices import resolve_device
-    from amr.query import Failure, default_format, gather_queries, make_writer, open_searcher, run_queries
+    Text queries are encoded by the index's query encoder (onnxruntime), an
+    example clip by the audio model (torch). Exit code 0 when every query
+    ran; 3 when some failed (each reported on stderr; the others still
+    produce results); 1 when nothing could run; 2 for a query without words."""
+    _limit_threads(threads)
+    from amr.results import Failure, default_format, gather_queries, make_writer
+    from amr.text_input import normalize_text
 
     if not queries and not audio:
         raise AmrError("no queries: give query texts, '-' to read them from stdin, or --audio FILE")
-    torch.set_num_threads(threads)
-    path = index_path or Workspace.resolve(workspace).latest("index")
-    searcher = open_searcher(path, checkpoint, audio_weights, resolve_device(device.value), max_query_seconds)
-    parts = [name for name, _ in searcher.index.header.parts] if explain else None
+    wordless = next((q for q in queries or [] if q != "-" and not normalize_text(q)), None)
+    if wordless is not None:
+        raise typer.BadParameter(f"{wordless!r} has no words to search for", param_hint="QUERIES")
+    inputs = gather_queries(queries or [], audio or [], sys.stdin.buffer)
+    if server:
+        from amr.client import Client
+
+        client = Client(server)
+        parts = client.parts if explain else None
+        outcomes = client.run_queries(inputs, top, explain_scores=explain, exact=exact, all_segments=all_segments)
+    else:
+        path = index_path or Workspace.resolve(workspace).latest("index")
+        from amr.query import open_searcher, run_queries
+
+        searcher = open_searcher(path, checkpoint, audio_weights, _device(device), threads, max_query_seconds)
+        parts = [name for name, _ in searcher.index.header.parts] if explain else None
+        outcomes = run_queries(searcher, inputs, top, explain_scores=explain, exact=exact, all_segments=all_segments, moments=moments)
     writer = make_writer(fmt or default_format(sys.stdout), sys.stdout, parts)
     failed = 0
-    inputs = gather_queries(queries or [], audio or [], sys.stdin.buffer)
     try:
-        for outcome in run_queries(searcher, inputs, top, explain_scores=explain, exact=exact, all_segments=all_segments, moments=moments):
+        for outcome in outcomes:
             if isinstance(outcome, Failure):
                 failed += 1
                 error(f"query {outcome.query_id} ({outcome.query!r}): {outcome.error}")
@@ -686,14 +715,11 @@ def serve(
     """Serve a web page and a JSON API to search the index and listen to what it finds, until Ctrl-C.
 
     Listens on http://127.0.0.1:8000/ unless told otherwise; the API is
-    described in amr/serve.py and at /api/openapi.json."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))  # before numpy loads, as in `amr query`
-    import torch
-
-    from amr.devices import resolve_device
+    described in amr/serve.py and at /api/openapi.json. `amr query --server
+    URL` sends queries to it."""
+    _limit_threads(threads)
     from amr.serve import serve as serve_index
 
-    torch.set_num_threads(threads)
     path = index_path or Workspace.resolve(workspace).latest("index")
     serve_index(
         path,
@@ -701,16 +727,32 @@ def serve(
         port,
         checkpoint=checkpoint,
         audio_weights=audio_weights,
-        device=resolve_device(device.value),
+        device=_device(device),
         upload_limit=upload_limit << 20,
         moments=moments,
         max_query_seconds=max_query_seconds,
+        threads=threads,
     )
 
 
-# --- evaluate -----------------------------------------------------------------------------
+def _limit_threads(threads: int) -> None:
+    """Set the thread count of OpenMP, OpenBLAS and MKL before numpy, FAISS or
+    torch load (each reads it once). Measured (bench/query.py): with torch
+    loaded, a multi-threaded matrix-vector product stalls ~8 ms; one thread takes 0.5 ms."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
 
-from amr.evaluate import By  # noqa: E402  (the breakdowns)
+
+def _device(device: Device) -> Any:
+    """ "cpu" as it is (no torch needed: the query encoder runs on onnxruntime), else the torch device it stands for."""
+    if device.value == "cpu":
+        return "cpu"
+    from amr.devices import resolve_device
+
+    return resolve_device(device.value)
+
+
+# --- evaluate -----------------------------------------------------------------------------
 
 
 @command

@@ -8,9 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from amr.config import DEVICES
 from amr.errors import AmrError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

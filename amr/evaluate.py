@@ -45,7 +45,6 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +55,7 @@ from rich.table import Table
 from amr.baselines import BM25
 from amr.cache import EmbeddingCache, open_caches
 from amr.checkpoint import checkpoint_spec
+from amr.config import BY_FIELDS
 from amr.console import console, progress
 from amr.datasets import load_queries
 from amr.dcase import read_relevance, write_model_scores
@@ -63,7 +63,7 @@ from amr.errors import AmrError
 from amr.fusion import Fusion
 from amr.index import Index
 from amr.indexing import ENCODE_BATCH
-from amr.items import METADATA_FIELDS, SPLITS, Item, Query, caption_queries
+from amr.items import SPLITS, Item, Query, caption_queries
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, Metrics, QueryResult, rank_items, retrieval_metrics
 from amr.retrievers import Retriever, load_retriever
 from amr.workspace import Workspace
@@ -72,8 +72,6 @@ from amr.zeroshot import zero_shot_variants
 ALL = "all"  # the split value that evaluates every item
 CURVE_KS = tuple(range(1, 51))  # recall@K of the plot
 TOP_STORED = 10  # best items per query kept for the per-query JSON
-BY_FIELDS = ("split", "has_metadata", *(f"has_{name}" for name in METADATA_FIELDS))
-By = Enum("By", {name: name for name in BY_FIELDS}, type=str)  # the breakdowns, as CLI choices
 TIES = "an item ranks above every item with the same score that comes after it in the item order"
 _RANK_BLOCK = 1 << 22  # scores ranked at once, bounding the temporaries
 

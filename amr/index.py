@@ -24,6 +24,9 @@ it a folder of append-only columns and the approximate index's files::
              ann              JSON AnnInfo of the approximate index, or "" for exact search only
              store            JSON StoreState: the column folder's token and how much of each
                               column belongs to this version of the index
+             query_encoder    JSON record of the query encoder (amr.query_encoder: format, version,
+                              token, fingerprint, text model and its fingerprint, ...), {} for
+                              a kind of model without one; absent in an index of an older amr
       dead   (ceil(N/8),) uint8: bit r (little-endian bit order) set: row r was replaced
     index.<token>.data/       raw little-endian arrays, only ever appended to:
       vectors     (N, D)  float32; float16 in an index with an ivf-pq approximate index
@@ -40,6 +43,7 @@ it a folder of append-only columns and the approximate index's files::
                           of each: id → item through a memory map, without a dict of ids
     index.<token>.faiss       the approximate index (amr.search), if any; an ivf-pq one keeps
     index.<token>.ivfdata     its inverted lists in this second file, memory-mapped
+    index.<token>.query/      the query encoder: `amr query` encodes text with it, without torch
 
 Appending writes rows and items past the ends the manifest records, then a
 new manifest with the new ends: a killed run leaves the index as it was (the
@@ -68,6 +72,7 @@ import h5py
 import numpy as np
 
 from amr import __version__
+from amr.audioset import audioset_class_names
 from amr.cache import CacheInfo
 from amr.errors import AmrError
 from amr.files import atomic_output
@@ -75,7 +80,6 @@ from amr.fusion import Fusion
 from amr.hdf5 import open_versioned
 from amr.items import Item
 from amr.metrics import rank_items
-from amr.mobilenet import audioset_class_names
 from amr.retrievers import Retriever, describe
 from amr.search import (
     PART_RERANK,
@@ -142,6 +146,7 @@ class IndexHeader:
     audio: CacheInfo
     sources: list[str] = field(default_factory=list)
     auto_tags: int = 0  # items without metadata got their clip's K most probable AudioSet classes as metadata
+    query_encoder: dict[str, Any] | None = None  # amr.query_encoder's record; {}: none for this kind; None: an older index
 
     @classmethod
     def of(cls, retriever: Retriever, audio: CacheInfo, sources: list[str], auto_tags: int = 0) -> IndexHeader:
@@ -193,6 +198,11 @@ class Rows:
 
 def data_folder(path: Path, token: str) -> Path:
     return Path(path).with_name(f"{Path(path).stem}.{token}.data")
+
+
+def query_folder(path: Path, token: str) -> Path:
+    """The folder of the index's query encoder (amr.query_encoder)."""
+    return Path(path).with_name(f"{Path(path).stem}.{token}.query")
 
 
 def _columns(header: IndexHeader, vector_dtype: str) -> dict[str, tuple[np.dtype, tuple[int, ...], str]]:
@@ -458,19 +468,20 @@ def write_index(path: Path, header: IndexHeader, rows: Rows | Iterable[Rows], ve
         writer.append(batch)
     state, dead = writer.finish()
     write_manifest(path, header, state, dead, None)
-    remove_unused(path, state, None)
+    remove_unused(path, header, state, None)
 
 
-def remove_unused(path: Path, state: StoreState, ann: AnnInfo | None) -> None:
-    """Delete the column folders and sidecars beside ``path`` that this version does not use
-    (older versions, or what a killed run left), and superseded lookups."""
+def remove_unused(path: Path, header: IndexHeader, state: StoreState, ann: AnnInfo | None) -> None:
+    """Delete the column folders, sidecars and query encoders beside ``path`` that this version
+    does not use (older versions, or what a killed run left), and superseded lookups."""
     path = Path(path)
-    pattern = re.compile(re.escape(path.stem) + r"\.([0-9a-f]{8})\.(data|faiss|ivfdata)")
+    pattern = re.compile(re.escape(path.stem) + r"\.([0-9a-f]{8})\.(data|faiss|ivfdata|query)")
+    tokens = {"data": state.token, "faiss": ann.token if ann else None, "query": (header.query_encoder or {}).get("token")}
     for other in path.parent.glob(f"{path.stem}.*"):
         match = pattern.fullmatch(other.name)
         if match is None:
             continue
-        used = state.token if match.group(2) == "data" else (ann.token if ann is not None else None)
+        used = tokens.get(match.group(2), tokens["faiss"])
         if match.group(1) != used:
             shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
     for lookup in data_folder(path, state.token).glob("lookup.*"):
@@ -744,6 +755,8 @@ def _write_attrs(f: h5py.File, header: IndexHeader, ann: AnnInfo | None) -> None
     f.attrs["sources"] = json.dumps(header.sources)
     f.attrs["auto_tags"] = header.auto_tags
     f.attrs["ann"] = json.dumps(asdict(ann)) if ann is not None else ""
+    if header.query_encoder is not None:
+        f.attrs["query_encoder"] = json.dumps(header.query_encoder)
 
 
 def _header_from_attrs(path: Path, f: h5py.File) -> IndexHeader:
@@ -761,6 +774,7 @@ def _header_from_attrs(path: Path, f: h5py.File) -> IndexHeader:
             audio=CacheInfo(**json.loads(f.attrs["audio"])),
             sources=json.loads(f.attrs["sources"]),
             auto_tags=int(f.attrs["auto_tags"]),
+            query_encoder=json.loads(f.attrs["query_encoder"]) if "query_encoder" in f.attrs else None,
         )
     except (ValueError, TypeError) as e:
         raise AmrError(f"{path}: damaged index attributes ({e}); rebuild the index") from None

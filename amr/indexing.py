@@ -29,6 +29,7 @@ import numpy as np
 from amr.audioset import top_classes
 from amr.cache import EmbeddingCache, open_caches
 from amr.checkpoint import checkpoint_spec
+from amr.config import ANN_KINDS
 from amr.console import console, progress, status, warn
 from amr.errors import AmrError
 from amr.files import exclusive
@@ -44,6 +45,7 @@ from amr.index import (
     StoreWriter,
     compact,
     new_state,
+    query_folder,
     remove_unused,
     sidecar_path,
     write_manifest,
@@ -70,7 +72,6 @@ from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 # `amr index` builds an approximate index unless told otherwise.
 EXACT_LIMIT = 50_000
 ENCODE_BATCH = 512  # items per Retriever.encode_items call
-ANN_KINDS = ("ivf-sq8", "ivf-pq")
 # Dead (replaced) rows are compacted away when they are more than this share
 # of the rows: the columns and approximate index are rewritten without them.
 COMPACT_DEAD = 0.25
@@ -156,6 +157,7 @@ def build_index(
             for cache in opened:
                 cache.close()
         state, dead = writer.finish()
+        header = replace(header, query_encoder=_query_encoder(output, retriever, previous, show_progress))
         old_ann = previous.ann_info if previous is not None else None
         kind = _kind(ann, ann_kind, old_ann, state.rows - state.dead_rows)
         state, dead, info = _finish(output, header, state, dead, kind, old_ann, before.rows, show_progress)
@@ -176,7 +178,32 @@ def add_ann(path: Path, kind: str | None = None, show_progress: bool = True) -> 
     return info
 
 
+def refresh_query_encoder(path: Path, retriever: Retriever, show_progress: bool = True) -> dict[str, Any]:
+    """Write the query encoder of the index at ``path`` anew from ``retriever``
+    (the model that built it) and record it: how an index of an older amr gets one."""
+    path = Path(path)
+    with exclusive(path, "index"):
+        index = Index(path)
+        index.header.require_retriever(retriever, path)
+        header = replace(index.header, query_encoder=_query_encoder(path, retriever, None, show_progress))
+        write_manifest(path, header, index.state, index.dead, index.ann_info)
+        remove_unused(path, header, index.state, index.ann_info)
+    return header.query_encoder
+
+
 # --- internals ----------------------------------------------------------------------------
+
+
+def _query_encoder(path: Path, retriever: Retriever, previous: Index | None, show: bool) -> dict[str, Any]:
+    """The query encoder record of the index at ``path``: the one of the index
+    appended to (the same model), else one written now (amr.query_encoder)."""
+    from amr.query_encoder import GRAPH, export_query_encoder
+
+    kept = previous.header.query_encoder if previous is not None else None
+    if kept and (query_folder(path, kept["token"]) / GRAPH).is_file():
+        return kept
+    with status("writing the query encoder (the text side of the model, for `amr query`)", show):
+        return export_query_encoder(retriever, path)
 
 
 def _kind(ann: bool | None, ann_kind: str | None, old: AnnInfo | None, live_rows: int) -> str | None:
@@ -203,7 +230,7 @@ def _finish(
         old = None  # rows are renumbered: the approximate index is built anew
     info = _approximate(path, header, state, dead, kind, old, new_from, show) if kind is not None else None
     write_manifest(path, header, state, dead, info)
-    remove_unused(path, state, info)
+    remove_unused(path, header, state, info)
     return state, dead, info
 
 

@@ -12,18 +12,14 @@ frequency: one embedding per output frame (32 mel frames, 0.32 s, each).
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-NUM_CLASSES = 527
-CLASSES_CSV = Path(__file__).parent / "resources" / "audioset_classes.csv"  # index,mid,display_name
+from amr.audioset import NUM_CLASSES, audioset_class_names  # noqa: F401  (audioset_class_names: re-exported)
 
 
 class Block(NamedTuple):
@@ -197,14 +193,3 @@ def output_frames(mel_frames: int) -> int:
     for stride in (FIRST_STRIDE, *(spec.stride for spec in BLOCKS)):
         mel_frames = (mel_frames - 1) // stride + 1
     return mel_frames
-
-
-@cache
-def _class_names() -> tuple[str, ...]:
-    with CLASSES_CSV.open(encoding="utf-8", newline="") as f:
-        return tuple(row["display_name"] for row in csv.DictReader(f))
-
-
-def audioset_class_names() -> list[str]:
-    """The 527 AudioSet class names, indexed like the logits of an EfficientAT `_as` checkpoint."""
-    return list(_class_names())

@@ -12,111 +12,23 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amr.config import CAPTIONS, ModelConfig
 from amr.devices import eval_mode
-from amr.errors import AmrError
 from amr.fusion import Fusion, Init
 from amr.heads import HEADS, AudioBatch, MetadataBatch
-from amr.items import METADATA_FIELDS, Item, metadata_text
-from amr.mobilenet import NUM_CLASSES
-from amr.text import DEFAULT_TEXT_MODEL, POOLINGS, TextEncoder
+from amr.items import Item, metadata_text
+from amr.text import TextEncoder
 
-CAPTIONS = "captions"  # the metadata "field" of Clotho's full-sentence setting
 MAX_FRAMES = 1024  # longer sequences are subsampled evenly (about 5.5 min of mn04 frames)
 FROZEN_TEXT_BATCH = 256  # texts per batch when a frozen encoder fills its memo
 ENCODE_FRAMES = 16384  # frames (padded) per audio-tower batch at inference
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the model (the checkpoint stores it).
-
-    Defaults and why: a stack of 2 pre-norm layers of width 128 with 4 heads,
-    feed-forward 512 (4 x width) and residual dropout 0.1. One `amr train
-    --freeze-text` epoch on Clotho (19,195 pairs of 47-94 frames) must fit in
-    a minute on two CPU cores, and the audio tower is nearly all of that time.
-    Width 256 costs about twice as much per step; on sfx-dev's val split width
-    128 x 2 layers matched 256 x 2 and 256 x 1 within seed noise.
-    ``init`` zero-shot (see amr.heads) makes the retrieval space the text
-    encoder's; random makes it ``width`` wide. ``text_pooling`` is the text
-    model's own ("" until training fills it in). ``metadata`` lists item fields
-    (amr.items.METADATA_FIELDS) or is ("captions",) for Clotho's
-    full-sentence setting. ``audio_weight`` and ``metadata_weight`` are the
-    zero-shot weights a zero-shot start begins with.
-    """
-
-    fusion: Fusion = Fusion.late
-    init: Init = Init.zero_shot
-    metadata: tuple[str, ...] = METADATA_FIELDS
-    text_model: str = DEFAULT_TEXT_MODEL
-    text_pooling: str = ""
-    freeze_text: bool = False
-    separate_text_encoders: bool = False
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    ff: int = 512
-    dropout: float = 0.1
-    audio_weight: float = 1.0
-    metadata_weight: float = 1.0
-    audio_dim: int = 0  # the cache's embedding size; 0 until training fills it in
-    num_classes: int = NUM_CLASSES
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
-        try:
-            object.__setattr__(self, "fusion", Fusion(self.fusion))
-        except ValueError:
-            raise AmrError(f"unknown fusion {self.fusion!r}; expected one of {', '.join(f.value for f in Fusion)}") from None
-        try:
-            object.__setattr__(self, "init", Init(self.init))
-        except ValueError:
-            raise AmrError(f"unknown init {self.init!r}; expected one of {', '.join(i.value for i in Init)}") from None
-        object.__setattr__(self, "metadata", tuple(self.metadata))
-        known = (*METADATA_FIELDS, CAPTIONS)
-        if not self.metadata or any(f not in known for f in self.metadata):
-            raise AmrError(f"metadata fields {','.join(map(str, self.metadata))!r}: expected some of {', '.join(known)}")
-        if CAPTIONS in self.metadata and len(self.metadata) > 1:
-            raise AmrError("metadata 'captions' (Clotho's full-sentence setting) cannot be combined with other fields")
-        if self.text_pooling not in ("", *POOLINGS):
-            raise AmrError(f"unknown text pooling {self.text_pooling!r}; expected one of {', '.join(POOLINGS)}")
-        for name in ("width", "depth", "heads", "ff"):
-            if getattr(self, name) < 1:
-                raise AmrError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.width % 2:
-            raise AmrError(f"width {self.width} must be even (sinusoidal positions come in sine/cosine pairs)")
-        if self.width % self.heads:
-            raise AmrError(f"width {self.width} is not a multiple of heads {self.heads}")
-        if not 0 <= self.dropout < 1:
-            raise AmrError(f"dropout {self.dropout} is not in [0, 1)")
-        if min(self.audio_weight, self.metadata_weight) < 0 or self.audio_weight + self.metadata_weight == 0:
-            raise AmrError("zero-shot weights must be non-negative and not both zero")
-        if self.freeze_text and self.separate_text_encoders:
-            raise AmrError("separate text encoders only differ when fine-tuned: drop --freeze-text or --separate-text-encoders")
-
-    @property
-    def uses_audio(self) -> bool:
-        return self.fusion.uses_audio
-
-    @property
-    def uses_metadata(self) -> bool:
-        return self.fusion.uses_metadata
-
-
-def _check_type(name: str, value: object, annotation: str) -> None:
-    """Refuse a value of the wrong JSON type (a config.json edited by hand: ``"depth": "two"``)."""
-    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(annotation)
-    if expected is None:
-        return
-    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-        raise AmrError(f"model option {name} must be {annotation}, got {value!r}")
 
 
 def item_metadata(item: Item, fields: Sequence[str], caption: int = 0) -> str | None:

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-import torch
-
-from amr.cache import EmbeddingCache, Segment
 from amr.errors import AmrError
 from amr.fusion import Fusion
+
+if TYPE_CHECKING:  # the retrievers' own modules import torch; this one does not (amr query's text path never loads it)
+    import numpy as np
+    import torch
+
+    from amr.cache import EmbeddingCache, Segment
 
 
 class Retriever(Protocol):
@@ -91,6 +93,8 @@ def load_retriever(spec: dict[str, Any], device: torch.device | str = "cpu") -> 
     loader = RETRIEVER_KINDS.get(spec.get("kind", ""))
     if loader is None:
         raise AmrError(f"unknown retriever kind {spec.get('kind')!r} in {spec}; this amr knows {', '.join(RETRIEVER_KINDS)}")
+    import torch
+
     return loader(spec, torch.device(device))
 
 

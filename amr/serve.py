@@ -6,8 +6,10 @@ score split and machine tags of ``amr query --explain``. Endpoints (JSON unless 
 
     GET  /                          the page (amr/resources/web: one HTML file, its script and style)
     GET  /api/info                  the index: items, segments, kind of model, fusion, parts
-    GET  /api/search?q=&offset=&limit=         ranked results of a text query
+    GET  /api/search?q=&offset=&limit=&exact=&all_segments=   ranked results of a text query
     POST /api/search/audio?offset=&limit=      results for a clip sent as multipart field "file"
+    POST /api/search/batch          JSON {"queries": [text, ...], "top", "exact", "all_segments"}: each
+                                    query's results, or its "error" (`amr query --server`)
     GET  /api/similar?id=&start=&offset=&limit= items that sound like one segment of an indexed item
     GET  /api/item?id=              one item: metadata, captions, segments with machine tags
     GET  /api/audio?id=             the item's audio file (HTTP Range requests: 206 partial content)
@@ -17,6 +19,10 @@ score split and machine tags of ``amr query --explain``. Endpoints (JSON unless 
                                     UCS category its model suggests when its name gives none
     GET  /api/facets                the folders, UCS categories and duration range to filter by
     GET  /api/peaks?id=             the waveform overview of the item's file (amr.peaks)
+
+The queries of a batch are encoded together, as `amr query` encodes the
+queries of one batch of its input (amr.query.QUERY_BATCH), so that `amr query
+--server` prints what a local search prints, to the last digit.
 
 A result is a record of ``amr query --format jsonl --explain`` without the
 query fields (those head the response) plus ``audio_url``: its ``explain``
@@ -73,15 +79,18 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from amr.browse import Filters, Library
+from amr.config import MAX_EXAMPLE_SECONDS
 from amr.console import console, warn
 from amr.errors import AmrError
 from amr.index import explain, machine_tags, search
 from amr.peaks import PeakCache, peaks_folder
-from amr.query import EXAMPLE_PART, MAX_EXAMPLE_SECONDS, Failure, QueryInput, Result, Searcher, open_searcher, run_queries
+from amr.query import EXAMPLE_PART, Searcher, open_searcher, run_queries
+from amr.results import QUERY_BATCH, Failure, QueryInput, Result
 
 if TYPE_CHECKING:
     import torch
@@ -106,6 +115,18 @@ AUDIO_TYPES = {
 }
 
 Offset = Annotated[int, Query(ge=0, description="Ranks skipped: the page starts at rank offset + 1.")]
+BATCH_TOP = 100_000  # results per query of a batch at most
+
+
+class Batch(BaseModel):
+    """Text queries ranked together (POST /api/search/batch)."""
+
+    queries: list[str] = Field(max_length=QUERY_BATCH)
+    top: int = Field(10, ge=1, le=BATCH_TOP)
+    exact: bool = False
+    all_segments: bool = False
+
+
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT, description="Results on the page.")]
 
 
@@ -133,10 +154,20 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
             raise HTTPException(404, f"no item {item_id!r} in {index.path.name}")
         return item_numbers[item_id]
 
-    def ranked(queries: list[QueryInput], offset: int, limit: int, lock: threading.Lock = text_lock) -> list[Result]:
+    def ranked(
+        queries: list[QueryInput],
+        offset: int,
+        limit: int,
+        lock: threading.Lock = text_lock,
+        exact: bool = False,
+        all_segments: bool = False,
+    ) -> list[Result]:
         with lock:
             try:
-                outcomes = list(run_queries(searcher, queries, offset + limit, explain_scores=True, moments=moments))
+                found = run_queries(
+                    searcher, queries, offset + limit, explain_scores=True, exact=exact, all_segments=all_segments, moments=moments
+                )
+                outcomes = list(found)
             except AmrError as e:  # the audio model could not be loaded: no query by example on this server
                 raise HTTPException(503, str(e)) from None
         failed = [o for o in outcomes if isinstance(o, Failure)]
@@ -164,9 +195,31 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
         }
 
     @app.get("/api/search")
-    def search_text(q: Annotated[str, Query(description="The query text.")], offset: Offset = 0, limit: Limit = 10) -> dict[str, Any]:
-        results = ranked([QueryInput("1", q)], offset, limit)
+    def search_text(
+        q: Annotated[str, Query(description="The query text.")],
+        offset: Offset = 0,
+        limit: Limit = 10,
+        exact: Annotated[bool, Query(description="Exact search even where the index has an approximate one.")] = False,
+        all_segments: Annotated[bool, Query(description="Every matching segment of a long recording, not only its best.")] = False,
+    ) -> dict[str, Any]:
+        results = ranked([QueryInput("1", q)], offset, limit, exact=exact, all_segments=all_segments)
         return _page(q, offset, limit, index.items_count, results)
+
+    @app.post("/api/search/batch")
+    def search_batch(batch: Batch) -> dict[str, Any]:
+        queries = [QueryInput(str(i), text) for i, text in enumerate(batch.queries)]  # numbered: results are grouped by position
+        answers: list[dict[str, Any]] = [{"results": []} for _ in queries]
+        with text_lock:
+            outcomes = list(
+                run_queries(searcher, queries, batch.top, explain_scores=True, exact=batch.exact, all_segments=batch.all_segments)
+            )
+        for outcome in outcomes:
+            answer = answers[int(outcome.query_id)]
+            if isinstance(outcome, Failure):
+                answer["error"] = outcome.error
+            else:
+                answer["results"].append(_record(outcome))
+        return {"answers": answers}
 
     @app.post("/api/search/audio")
     async def search_audio(request: Request, offset: Offset = 0, limit: Limit = 10) -> dict[str, Any]:
@@ -318,12 +371,13 @@ def serve(
     upload_limit: int = UPLOAD_LIMIT,
     moments: bool = False,
     max_query_seconds: float = MAX_EXAMPLE_SECONDS,
+    threads: int = 1,
 ) -> None:
     """Serve the page and the API over the index until Ctrl-C. A missing
     index, one the checkpoint did not build, or a port in use is an AmrError
     before anything listens; a host other than loopback is warned about.
     Uploaded clips longer than ``max_query_seconds`` are refused."""
-    searcher = open_searcher(Path(index_path), checkpoint, audio_weights, device, max_query_seconds)
+    searcher = open_searcher(Path(index_path), checkpoint, audio_weights, device, threads, max_query_seconds)
     local = LocalServer(create_app(searcher, upload_limit, moments), host, port)
     if not is_loopback(host):
         warn(f"listening on {host}: anyone who can reach this machine can search the index and play its audio files")
@@ -407,12 +461,14 @@ def _rows_of(searcher: Searcher, number: int) -> np.ndarray:
 
 
 def _page(query: str, offset: int, limit: int, total: int, results: list[Result]) -> dict[str, Any]:
-    records = []
-    for result in results:
-        record = result.record()
-        del record["query"], record["query_id"]
-        records.append({**record, "audio_url": _audio_url(result.id)})
-    return {"query": query, "offset": offset, "limit": limit, "total": total, "results": records}
+    return {"query": query, "offset": offset, "limit": limit, "total": total, "results": [_record(r) for r in results]}
+
+
+def _record(result: Result) -> dict[str, Any]:
+    """A result as the API gives it: without the query fields, with the URL of its audio."""
+    record = result.record()
+    del record["query"], record["query_id"]
+    return {**record, "audio_url": _audio_url(result.id)}
 
 
 def _audio_url(item_id: str) -> str:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,22 +27,11 @@ from amr.console import progress
 from amr.devices import eval_mode
 from amr.errors import AmrError
 from amr.files import sha256_files
+from amr.text_input import DEFAULT_TEXT_MODEL, MAX_TOKENS, Pooling, normalize_text
 
-DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
-MAX_TOKENS = 32  # [CLS] and [SEP] included
-Pooling = Literal["cls", "mean"]
-POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
-
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
-_WHITESPACE = re.compile(r"\s+")
 # What a Hub download fetches: configs, vocabularies and safetensors weights
 # (never pickled .bin files, nor TF/Flax/ONNX copies).
 _HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
-
-
-def normalize_text(s: str) -> str:
-    """Lowercase, punctuation replaced by a space, whitespace collapsed."""
-    return _WHITESPACE.sub(" ", _PUNCTUATION.sub(" ", s.lower())).strip()
 
 
 def resolve_text_model(name: str) -> Path:

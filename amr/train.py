@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
-from enum import Enum, StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from rich.progress import Progress, TextColumn
 
 from amr import checkpoint
 from amr.cache import CacheInfo, EmbeddingCache, open_caches
+from amr.config import TrainConfig, Validation
 from amr.console import console, progress
 from amr.errors import AmrError
 from amr.fusion import Init
@@ -57,53 +58,6 @@ from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
 HOLDOUT_MODULUS = 10  # a cache without a val split validates on 1 in 10 train items
 BUCKET_BATCHES = 16  # batches per length bucket (see _bucketed_batches)
-
-
-class Validation(StrEnum):
-    """What the best epoch is chosen on."""
-
-    split = "split"  # the val split (or a fixed tenth of train without one)
-    concepts = "concepts"  # train items whose captions share no word with the rest of train
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train (the checkpoint stores it; a resumed run must match it).
-
-    Defaults: the paper's batch 32, 25 epochs, one warm-up epoch and NT-Xent
-    temperature 0.05; learning rate 5e-4 for the new layers, trained from
-    scratch (better than 1e-4, 2e-4 and 1e-3 on sfx-dev's val split), and
-    2e-5 for the pretrained text encoder (the usual BERT fine-tuning rate);
-    no metadata dropout.
-    """
-
-    caches: tuple[str, ...] = ()
-    epochs: int = 25
-    batch_size: int = 32
-    lr: float = 5e-4
-    text_lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_epochs: int = 1
-    temperature: float = 0.05
-    metadata_dropout: float = 0.15
-    validation: Validation = Validation.split
-    interpolation: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caches", tuple(str(c) for c in self.caches))
-        try:
-            object.__setattr__(self, "validation", Validation(self.validation))
-        except ValueError:
-            raise AmrError(f"unknown validation {self.validation!r}; expected one of {', '.join(v.value for v in Validation)}") from None
-        if self.epochs < 1 or self.batch_size < 2:
-            raise AmrError(f"need at least 1 epoch and a batch of 2, got {self.epochs} epochs, batch {self.batch_size}")
-        if not 0 <= self.metadata_dropout <= 1:
-            raise AmrError(f"metadata dropout {self.metadata_dropout} is not a probability")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise AmrError(f"{self.warmup_epochs} warm-up epochs do not fit in {self.epochs} epochs")
-        if not 0 <= self.interpolation <= 1:
-            raise AmrError(f"interpolation {self.interpolation} is not in [0, 1] (0: the zero-shot start, 1: the trained model)")
 
 
 @dataclass

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,37 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from amr.audioset import top_tags
+from amr.audioset import audioset_class_names, top_tags
 from amr.cache import EmbeddingCache, Segment
+from amr.config import ZeroShotConfig
 from amr.errors import AmrError
-from amr.fusion import Fusion
-from amr.items import METADATA_FIELDS, Item, metadata_text
-from amr.mobilenet import audioset_class_names
-from amr.text import DEFAULT_TEXT_MODEL, TextEncoder
-
-
-@dataclass(frozen=True)
-class ZeroShotConfig:
-    """``text_pooling`` "" means the text model's own (mean for all-MiniLM-L6-v2)."""
-
-    text_model: str = DEFAULT_TEXT_MODEL
-    audio_weight: float = 1.0
-    metadata_weight: float = 1.0
-    metadata_fields: tuple[str, ...] = METADATA_FIELDS
-    descriptions: str | None = None  # JSON file: AudioSet class name → description (e.g. from the ontology)
-    text_pooling: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "metadata_fields", tuple(self.metadata_fields))
-        if self.audio_weight < 0 or self.metadata_weight < 0 or self.audio_weight + self.metadata_weight == 0:
-            raise AmrError("zero-shot weights must be non-negative and not both zero")
-
-    @property
-    def fusion(self) -> Fusion:
-        """late for both sources, none (audio only) or metadata (metadata only) when a weight is zero."""
-        if self.metadata_weight == 0:
-            return Fusion.none
-        return Fusion.metadata if self.audio_weight == 0 else Fusion.late
+from amr.items import Item, metadata_text
+from amr.text import TextEncoder
 
 
 class ZeroShotRetriever:
@@ -138,8 +113,18 @@ class ZeroShotRetriever:
         return self.fuse(self.audio_vectors(tags), np.repeat(metadata, len(segments), axis=0))
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        q = self.text.encode(texts, pooling=self.pooling, normalize=True)
-        return np.concatenate([q, q], axis=1)
+        return self.query_vectors(torch.from_numpy(self.text.encode(texts, pooling=self.pooling))).numpy()
+
+    @staticmethod
+    def query_vectors(pooled: torch.Tensor) -> torch.Tensor:
+        """[q̂; q̂] of pooled text embeddings (B, dim)."""
+        q = torch.nn.functional.normalize(pooled, dim=-1)
+        return torch.cat([q, q], 1)
+
+    def query_side(self) -> tuple[TextEncoder, str, Callable[[torch.Tensor], torch.Tensor]]:
+        """The text encoder, its pooling and the map from pooled embeddings to
+        query vectors that encode_queries runs (for amr.query_encoder)."""
+        return self.text, self.pooling, self.query_vectors
 
     def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
         """Clips as queries: each clip's bridge vector (from its tag

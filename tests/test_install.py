@@ -118,14 +118,20 @@ def test_installed_amr_prints_its_version(venv_bin: Path, shared: Path, tmp_path
 def test_installed_amr_runs_the_readme_zero_shot_example_offline(venv_bin: Path, shared: Path, tmp_path: Path):
     env = user_env(tmp_path, shared)
     amr_command = str(venv_bin / "amr")
+    # the query as `amr` runs it, saying afterwards whether torch or transformers were imported
+    query = (
+        "import sys\nfrom amr.cli import main\ntry:\n    main()\n"
+        "finally:\n    print('loaded:', *sorted({'torch', 'transformers'} & set(sys.modules)), file=sys.stderr)"
+    )
     steps = [
         [amr_command, "extract", str(shared / "data" / "sounds")],
         [amr_command, "index", "--zero-shot"],
-        [amr_command, "query", "dog barking", "--top", "3", "--format", "jsonl"],
+        [str(venv_bin / "python"), "-c", query, "query", "dog barking", "--top", "3", "--format", "jsonl"],
     ]
     outputs = [run(step, cwd=tmp_path, env=env) for step in steps]
     for done in outputs:
         assert "Traceback" not in done.stderr
+    assert outputs[-1].stderr == "loaded:\n"  # the query encoder (onnxruntime) answered: no torch, no warning
     results = [json.loads(line) for line in outputs[-1].stdout.splitlines()]
     assert [r["rank"] for r in results] == [1, 2, 3]
     assert {r["query"] for r in results} == {"dog barking"}

@@ -26,17 +26,8 @@ from amr.checkpoint import checkpoint_spec
 from amr.cli import app
 from amr.errors import AmrError
 from amr.indexing import build_index
-from amr.query import (
-    Failure,
-    Format,
-    QueryInput,
-    Result,
-    Searcher,
-    gather_queries,
-    make_writer,
-    open_searcher,
-    run_queries,
-)
+from amr.query import Searcher, open_searcher, run_queries
+from amr.results import Failure, Format, QueryInput, Result, gather_queries, make_writer
 from amr.retrievers import RETRIEVER_KINDS
 
 

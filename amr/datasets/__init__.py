@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from amr.config import LAYOUT_NAMES
 from amr.errors import AmrError
 from amr.items import Dataset, Item, Query
 
@@ -47,14 +48,9 @@ class Layout:
     read_items: Callable[[Path, ReadOptions], list[Item]]
 
 
-# In detection order: a manifest wins over the plain folder of audio it describes.
-LAYOUTS: dict[str, Layout] = {
-    "generic": Layout(generic.detect, generic.read_items),
-    "clotho": Layout(clotho.detect, clotho.read_items),
-    "audiocaps": Layout(audiocaps.detect, audiocaps.read_items),
-    "wavcaps": Layout(wavcaps.detect, wavcaps.read_items),
-    "folder": Layout(folder.detect, folder.read_items),
-}
+# In detection order (amr.config names them, for the CLI): a manifest wins over the plain folder of audio it describes.
+_READERS = {"generic": generic, "clotho": clotho, "audiocaps": audiocaps, "wavcaps": wavcaps, "folder": folder}
+LAYOUTS: dict[str, Layout] = {name: Layout(_READERS[name].detect, _READERS[name].read_items) for name in LAYOUT_NAMES}
 
 
 def detect_layout(root: Path) -> str:
