@@ -150,7 +150,7 @@ def extract(
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model.")
     ] = None,
     augment_views: Annotated[int, typer.Option(min=0, help="Also store K SpecAugmented sequences per clip, for training.")] = 0,
-    workers: Annotated[int | None, typer.Option(min=1, help="Decoding processes (default: one per CPU core).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes that decode and embed (default: one per available core).")] = None,
     layout: Annotated[
         Layout | None,
         typer.Option(help="Dataset layout (default: detected; folder: every audio file under it, metadata from names and tags)."),

@@ -282,6 +282,27 @@ def test_cache_is_bit_identical_to_each_clip_embedded_alone(sounds: list[Item], 
             np.testing.assert_array_equal(got.tags, want.tags.astype(np.float16).astype(np.float32))
 
 
+def test_available_cores_reads_the_cgroup_quota(tmp_path: Path) -> None:
+    """A container's CPU quota caps the cores (rounded up), cgroup v2 and v1; none, or no cgroups, leaves the affinity mask."""
+    from amr.extract import _cpu_quota
+
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    (v2 / "box").mkdir(parents=True)
+    (v2 / "box" / "cpu.max").write_text("150000 100000\n")
+    (tmp_path / "v2.cgroup").write_text("0::/box\n")
+    assert _cpu_quota(v2, tmp_path / "v2.cgroup") == 1.5
+    (v2 / "box" / "cpu.max").write_text("max 100000\n")
+    assert _cpu_quota(v2, tmp_path / "v2.cgroup") is None
+    (v1 / "cpu,cpuacct").mkdir(parents=True)  # inside a container the group's folder is the mount itself
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "v1.cgroup").write_text("5:memory:/docker/x\n4:cpu,cpuacct:/docker/x\n")
+    assert _cpu_quota(v1, tmp_path / "v1.cgroup") == 3.0
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cpu_quota(v1, tmp_path / "v1.cgroup") is None
+    assert _cpu_quota(v1, tmp_path / "no such file") is None
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
