@@ -24,7 +24,7 @@ import typer
 
 from amr import __version__
 from amr.console import error
-from amr.errors import AmrError
+from amr.errors import AmrError, Interrupted
 from amr.fusion import Fusion, Init
 from amr.workspace import WORKSPACE_ENV, Workspace
 
@@ -51,6 +51,9 @@ def command(function: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except Interrupted as e:
+            error(str(e))
+            raise typer.Exit(130) from None
         except AmrError as e:
             error(str(e))
             raise typer.Exit(1) from None
@@ -74,7 +77,24 @@ def command(function: F) -> F:
 
 
 def main() -> None:
-    app()
+    """The `amr` command. A usage error (an unknown option, a value out of
+    range) is one line on stderr and exit 2, not typer's framed box."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click: no public names
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as e:  # a bare `amr`: its help
+        e.show()
+        code = e.exit_code
+    except TyperException as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if isinstance(e, UsageError) and e.ctx is not None else ""
+        error(" ".join(e.format_message().split()) + hint)
+        code = e.exit_code
+    except typer.Abort:
+        error("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _version(value: bool) -> None:
@@ -438,6 +458,7 @@ def index(
         float, typer.Option(min=0.0, help="Zero-shot: weight of the metadata vector in the fused item vector.")
     ] = ZeroShotConfig.metadata_weight,
     text_model: Annotated[str, typer.Option(help="Zero-shot: Hugging Face text model name or directory.")] = ZeroShotConfig.text_model,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an --output that is a file of another kind (not an index).")] = False,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -460,7 +481,15 @@ def index(
     retriever = load_retriever(spec, resolve_device(device.value))
     splits = [s.value for s in split] if split else None
     report = build_index(
-        retriever, caches, output, splits=splits, append=append, ann=ann, ann_kind=ann_kind.value if ann_kind else None, auto_tags=auto_tags
+        retriever,
+        caches,
+        output,
+        splits=splits,
+        append=append,
+        ann=ann,
+        ann_kind=ann_kind.value if ann_kind else None,
+        auto_tags=auto_tags,
+        force=force,
     )
     ws.set_latest("index", output)
     _emit(
@@ -656,6 +685,9 @@ def evaluate(
     ablate: Annotated[
         bool, typer.Option("--ablate", help="With --zero-shot: add the audio-only and metadata-only zero-shot rows.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --per-query overwrite a file of another kind (not a per-query results file).")
+    ] = False,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -674,9 +706,11 @@ def evaluate(
     table goes to stderr."""
     from amr.console import console
     from amr.devices import resolve_device
-    from amr.evaluate import evaluate_models, plot_recall, render_table, write_per_query
+    from amr.evaluate import check_per_query_output, evaluate_models, plot_recall, render_table, write_per_query
 
     ws = Workspace.resolve(workspace)
+    if per_query is not None:
+        check_per_query_output(per_query, force)  # before the evaluation, not after it
     report = evaluate_models(
         checkpoints or [],
         index_paths or [],

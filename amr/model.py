@@ -96,8 +96,9 @@ class ModelConfig:
             raise AmrError(f"width {self.width} is not a multiple of heads {self.heads}")
         if not 0 <= self.dropout < 1:
             raise AmrError(f"dropout {self.dropout} is not in [0, 1)")
-        if min(self.audio_weight, self.metadata_weight) < 0 or self.audio_weight + self.metadata_weight == 0:
-            raise AmrError("zero-shot weights must be non-negative and not both zero")
+        total = self.audio_weight + self.metadata_weight
+        if min(self.audio_weight, self.metadata_weight) < 0 or total == 0 or not math.isfinite(total):
+            raise AmrError("zero-shot weights must be finite, non-negative and not both zero")
         if self.freeze_text and self.separate_text_encoders:
             raise AmrError("separate text encoders only differ when fine-tuned: drop --freeze-text or --separate-text-encoders")
 

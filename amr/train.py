@@ -46,7 +46,8 @@ from rich.progress import Progress, TextColumn
 from amr import checkpoint
 from amr.cache import CacheInfo, EmbeddingCache, open_caches
 from amr.console import console, progress
-from amr.errors import AmrError
+from amr.errors import AmrError, Interrupted
+from amr.files import exclusive
 from amr.fusion import Init
 from amr.heads import AudioBatch
 from amr.items import Item
@@ -96,6 +97,16 @@ class TrainConfig:
             object.__setattr__(self, "validation", Validation(self.validation))
         except ValueError:
             raise AmrError(f"unknown validation {self.validation!r}; expected one of {', '.join(v.value for v in Validation)}") from None
+        for name in ("epochs", "batch_size", "warmup_epochs", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AmrError(f"training option {name} must be an integer, got {value!r}")
+        for name in ("lr", "text_lr", "weight_decay", "temperature", "metadata_dropout", "interpolation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise AmrError(f"training option {name} must be a finite number >= 0, got {value!r}")
+        if self.temperature == 0:
+            raise AmrError("training option temperature must be above 0")
         if self.epochs < 1 or self.batch_size < 2:
             raise AmrError(f"need at least 1 epoch and a batch of 2, got {self.epochs} epochs, batch {self.batch_size}")
         if not 0 <= self.metadata_dropout <= 1:
@@ -130,10 +141,7 @@ def resume_configs(output: Path, model: ModelConfig, training: TrainConfig, give
     from ``model`` / ``training``; training refuses to resume if they differ."""
     stored = checkpoint.read_config(output)
     stored_model = checkpoint.model_config(stored, output)
-    try:
-        stored_training = TrainConfig(**stored["training"])
-    except TypeError as e:
-        raise AmrError(f"{output / checkpoint.CONFIG}: training options this amr does not know ({e})") from None
+    stored_training = TrainConfig(**stored["training"])  # read_config checked it
     model_names = {f.name for f in fields(ModelConfig)}
     training_names = {f.name for f in fields(TrainConfig)}
     model_changes = {name: getattr(model, name) for name in given if name in model_names}
@@ -371,14 +379,16 @@ def train(
     copied before fine-tuning, never modified)."""
     if not training.caches:
         raise AmrError("no cache to train on: name one with --cache")
-    caches = open_caches([Path(c) for c in training.caches])
-    try:
-        return _train(caches, Path(output).resolve(), model_config, training, resume, progress, text, torch.device(device))
-    except KeyboardInterrupt:  # before the training loop (which reports what it kept)
-        raise AmrError(f"interrupted before training started; nothing was kept in {output}") from None
-    finally:
-        for cache in caches:
-            cache.close()
+    output = Path(output).resolve()
+    with exclusive(output, "checkpoint"):
+        caches = open_caches([Path(c) for c in training.caches])
+        try:
+            return _train(caches, output, model_config, training, resume, progress, text, torch.device(device))
+        except KeyboardInterrupt:  # before the training loop (which reports what it kept)
+            raise Interrupted(f"interrupted before training started; nothing was kept in {output}") from None
+        finally:
+            for cache in caches:
+                cache.close()
 
 
 def _train(
@@ -440,7 +450,7 @@ def _train(
                 _select(output, model, sources, info, training, state, record, mix)
                 checkpoint.save_state(output, model, optimizer, scheduler, state)
     except KeyboardInterrupt:
-        raise AmrError(
+        raise Interrupted(
             f"interrupted; {output} holds epoch {state['epoch']}: continue with `amr train --resume --output {output}`"
         ) from None
     return TrainResult(output, state["best_epoch"], state["best_map10"], state["epoch"], time.perf_counter() - started)
@@ -637,15 +647,19 @@ def _run_epoch(
         q, m = model.embed_texts(queries, metadata)
         items = model.item_vectors(audio, m if config.uses_metadata else None)
         loss = nt_xent(model.query_vectors(q) @ items.T, torch.from_numpy(clips).to(device), training.temperature)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise AmrError(_diverged(f"the loss became {losses[-1]} at step {len(losses)} of epoch {epoch + 1}", training))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model_seconds += time.perf_counter() - tick
         optimizer.step()
         anchor.pull(scheduler.get_last_lr()[0])
         scheduler.step()
-        losses.append(loss.item())
         bar.update(task, advance=1, loss=float(np.mean(losses[-50:])), lr=scheduler.get_last_lr()[0])
     bar.remove_task(task)
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise AmrError(_diverged(f"the weights became non-finite in epoch {epoch + 1}", training))
     seconds = time.perf_counter() - started
     return {
         "epoch": epoch + 1,
@@ -657,6 +671,10 @@ def _run_epoch(
         "model_seconds": round(model_seconds, 3),
         "pairs_per_second": round(len(pairs) / seconds, 1),
     }
+
+
+def _diverged(what: str, training: TrainConfig) -> str:
+    return f"training diverged: {what} (learning rates {training.lr:g} and {training.text_lr:g}); train again with a lower --lr / --text-lr"
 
 
 def _progress_bar(show: bool) -> Progress:
