@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from amr import __version__
 from amr.audioset import top_tags
 from amr.cache import CacheInfo, EmbeddingCache, Segment
 from amr.errors import AmrError
-from amr.files import atomic_output, atomic_write, sha256_files
+from amr.files import atomic_write, sha256_files
 from amr.model import CAPTIONS, ModelConfig, RetrievalModel, item_metadata
 from amr.text import TextEncoder
 
@@ -103,7 +103,37 @@ def read_config(directory: Path) -> dict[str, Any]:
     missing = {"model", "audio", "text", "training"} - set(config)
     if missing:
         raise AmrError(f"{path}: incomplete checkpoint config, no {', '.join(sorted(missing))}")
+    _require_known(path, "", config, _SECTIONS)
+    _require_known(path, "audio", config["audio"], {f.name for f in fields(CacheInfo)})
+    _require_known(path, "text", config["text"], set(_TEXT))
+    for name, kind in _TEXT.items():
+        value = config["text"].get(name)
+        if not isinstance(value, kind):
+            raise AmrError(f"{path}: 'text' {name} must be {kind.__name__}, got {value!r}; the checkpoint is damaged")
+    if config.get("best") is not None:
+        _require_known(path, "best", config["best"], {"epoch", "val_map10", "interpolation"})
+    from amr.train import TrainConfig  # amr.train imports this module
+
+    _require_known(path, "training", config["training"], {f.name for f in fields(TrainConfig)})
+    try:
+        TrainConfig(**config["training"])
+    except (AmrError, TypeError, ValueError) as e:
+        raise AmrError(f"{path}: 'training' {e}") from None
     return config
+
+
+_SECTIONS = {"format", "version", "amr_version", "model", "audio", "text", "training", "best"}
+_TEXT = {"name": str, "fingerprint": str, "dim": int, "weights_stored": bool}  # config.json's "text"
+
+
+def _require_known(path: Path, section: str, value: Any, known: set[str]) -> None:
+    """``value`` (the config's ``section``, "" for the whole) must be an object of only ``known`` keys."""
+    where = f"'{section}'" if section else "the config"
+    if not isinstance(value, dict):
+        raise AmrError(f"{path}: {where} is {type(value).__name__}, not an object; the checkpoint is damaged")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise AmrError(f"{path}: unknown key(s) {', '.join(unknown)} in {where}; this amr knows {', '.join(sorted(known))}")
 
 
 def model_config(config: dict[str, Any], path: Path | None = None) -> ModelConfig:
@@ -138,7 +168,7 @@ def build_model(config: dict[str, Any], path: Path, text: TextEncoder | None = N
     ``own_encoder`` for ``text``."""
     options = model_config(config, path)
     text = own_encoder(options, text)
-    expected = config["text"].get("fingerprint") if isinstance(config["text"], dict) else None
+    expected = config["text"]["fingerprint"]
     if text.fingerprint != expected:
         raise AmrError(
             f"{path / CONFIG}: trained with text encoder {options.text_model!r} of fingerprint {expected[:12]}, "
@@ -167,6 +197,7 @@ def model_tensors(model: RetrievalModel) -> dict[str, torch.Tensor]:
 def load_model_tensors(model: RetrievalModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Load stored weights; everything must match exactly (a frozen text
     encoder's weights are the only ones allowed to be absent)."""
+    _require_dtypes(model, tensors, path)
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # tensors of other shapes
@@ -178,6 +209,14 @@ def load_model_tensors(model: RetrievalModel, tensors: dict[str, torch.Tensor], 
         raise AmrError(
             f"{path}: weights do not match the model in {CONFIG} (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
         )
+
+
+def _require_dtypes(model: RetrievalModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse stored tensors of another type than the model's (load_state_dict would cast them: float weights stored as int64 truncated)."""
+    own = model.state_dict()
+    for name, tensor in tensors.items():
+        if name in own and tensor.dtype != own[name].dtype:
+            raise AmrError(f"{path}: tensor {name} is {tensor.dtype}, the model's is {own[name].dtype}; the checkpoint is damaged")
 
 
 def save_model(directory: Path, model: RetrievalModel) -> None:
@@ -193,6 +232,7 @@ def save_start(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def load_start(directory: Path, model: RetrievalModel) -> dict[str, torch.Tensor]:
     tensors, _ = _load_tensors(Path(directory) / START)
+    _require_dtypes(model, tensors, Path(directory) / START)
     return {k: v.to(model.device) for k, v in tensors.items()}
 
 
@@ -379,8 +419,8 @@ def _auto_tags(cache: EmbeddingCache, i: int, k: int) -> str:
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    # serialised in memory and written as bytes: a failed write (a full disk) is then an OSError naming the file
+    atomic_write(path, save(tensors, metadata=metadata))
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from amr import __version__
 from amr.config import (
@@ -35,7 +35,7 @@ from amr.config import (
     ZeroShotConfig,
 )
 from amr.console import error
-from amr.errors import AmrError
+from amr.errors import AmrError, Interrupted
 from amr.fusion import Fusion, Init
 from amr.items import SPLITS
 from amr.results import Format
@@ -67,13 +67,16 @@ def command(function: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except Interrupted as e:
+            error(str(e))
+            raise typer.Exit(130) from None
         except AmrError as e:
             error(str(e))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, typer.BadParameter, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own: exits and usage errors
             raise
         except OSError as e:
             error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else f"{type(e).__name__}: {e}")
@@ -90,7 +93,23 @@ def command(function: F) -> F:
 
 
 def main() -> None:
-    app()
+    """The `amr` command. A usage error (an unknown option, a value out of
+    range) is one line on stderr and exit 2, not typer's framed box."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click: no public names
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as e:  # a bare `amr`: its help
+        e.show()
+        code = e.exit_code
+    except TyperException as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if isinstance(e, UsageError) and e.ctx is not None else ""
+        error(" ".join(e.format_message().split()) + hint)
+        code = e.exit_code
+    except typer.Abort:
+        error("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _version(value: bool) -> None:
@@ -454,6 +473,7 @@ def index(
             "how an index of an older amr gets one.",
         ),
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an --output that is a file of another kind (not an index).")] = False,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -490,7 +510,15 @@ def index(
     retriever = load_retriever(spec, resolve_device(device.value))
     splits = [s.value for s in split] if split else None
     report = build_index(
-        retriever, caches, output, splits=splits, append=append, ann=ann, ann_kind=ann_kind.value if ann_kind else None, auto_tags=auto_tags
+        retriever,
+        caches,
+        output,
+        splits=splits,
+        append=append,
+        ann=ann,
+        ann_kind=ann_kind.value if ann_kind else None,
+        auto_tags=auto_tags,
+        force=force,
     )
     ws.set_latest("index", output)
     _emit(
@@ -850,6 +878,9 @@ def evaluate(
     audio_weights: Annotated[
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="With --moments: the caches' audio model file (tags of finer windows).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --per-query overwrite a file of another kind (not a per-query results file).")
+    ] = False,
     device: DeviceOption = Device.auto,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -869,7 +900,7 @@ def evaluate(
     from amr.console import console
     from amr.dcase import PROTOCOLS, predict_submission
     from amr.devices import resolve_device
-    from amr.evaluate import evaluate_models, plot_recall, render_table, write_per_query
+    from amr.evaluate import check_per_query_output, evaluate_models, plot_recall, render_table, write_per_query
     from amr.metrics import APNorm
 
     if protocol not in PROTOCOLS:
@@ -879,6 +910,8 @@ def evaluate(
     chosen = PROTOCOLS[protocol]
     ks, ap_ks = (chosen.ks, chosen.ap_ks) if cutoffs is None else (_cutoffs(cutoffs),) * 2
     ws = Workspace.resolve(workspace)
+    if per_query is not None:
+        check_per_query_output(per_query, force)  # before the evaluation, not after it
     if moments is not None:
         from amr.moments import evaluate_moments
 

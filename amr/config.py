@@ -8,6 +8,7 @@ amr.zeroshot, amr.indexing, amr.devices re-export what they use).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
@@ -93,8 +94,9 @@ class ModelConfig:
             raise AmrError(f"width {self.width} is not a multiple of heads {self.heads}")
         if not 0 <= self.dropout < 1:
             raise AmrError(f"dropout {self.dropout} is not in [0, 1)")
-        if min(self.audio_weight, self.metadata_weight) < 0 or self.audio_weight + self.metadata_weight == 0:
-            raise AmrError("zero-shot weights must be non-negative and not both zero")
+        total = self.audio_weight + self.metadata_weight
+        if min(self.audio_weight, self.metadata_weight) < 0 or total == 0 or not math.isfinite(total):
+            raise AmrError("zero-shot weights must be finite, non-negative and not both zero")
         if self.freeze_text and self.separate_text_encoders:
             raise AmrError("separate text encoders only differ when fine-tuned: drop --freeze-text or --separate-text-encoders")
 
@@ -156,6 +158,16 @@ class TrainConfig:
             object.__setattr__(self, "validation", Validation(self.validation))
         except ValueError:
             raise AmrError(f"unknown validation {self.validation!r}; expected one of {', '.join(v.value for v in Validation)}") from None
+        for name in ("epochs", "batch_size", "warmup_epochs", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AmrError(f"training option {name} must be an integer, got {value!r}")
+        for name in ("lr", "text_lr", "weight_decay", "temperature", "metadata_dropout", "interpolation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise AmrError(f"training option {name} must be a finite number >= 0, got {value!r}")
+        if self.temperature == 0:
+            raise AmrError("training option temperature must be above 0")
         if self.epochs < 1 or self.batch_size < 2:
             raise AmrError(f"need at least 1 epoch and a batch of 2, got {self.epochs} epochs, batch {self.batch_size}")
         if not 0 <= self.metadata_dropout <= 1:
@@ -182,8 +194,9 @@ class ZeroShotConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata_fields", tuple(self.metadata_fields))
-        if self.audio_weight < 0 or self.metadata_weight < 0 or self.audio_weight + self.metadata_weight == 0:
-            raise AmrError("zero-shot weights must be non-negative and not both zero")
+        total = self.audio_weight + self.metadata_weight
+        if min(self.audio_weight, self.metadata_weight) < 0 or total == 0 or not math.isfinite(total):
+            raise AmrError("zero-shot weights must be finite, non-negative and not both zero")
 
     @property
     def fusion(self) -> Fusion:

@@ -60,6 +60,7 @@ from amr.console import console, progress
 from amr.datasets import load_queries
 from amr.dcase import read_relevance, write_model_scores
 from amr.errors import AmrError
+from amr.files import atomic_write, refuse_overwrite
 from amr.fusion import Fusion
 from amr.index import Index
 from amr.indexing import ENCODE_BATCH
@@ -601,11 +602,22 @@ def plot_recall(report: EvaluationReport, path: Path) -> None:
         raise AmrError(f"{path}: cannot write the plot ({e.strerror or e})") from e
 
 
+_PER_QUERY_START = b'{"summary": '  # how every per-query results file begins
+
+
+def check_per_query_output(path: Path, force: bool = False) -> None:
+    """Refuse a --per-query path that is a directory, or a file of another kind
+    (not per-query results: an embedding cache, say) unless ``force``."""
+
+    def is_per_query(existing: Path) -> bool:
+        with open(existing, "rb") as f:
+            return f.read(len(_PER_QUERY_START)) == _PER_QUERY_START
+
+    refuse_overwrite(path, "per-query results", is_per_query, force)
+
+
 def write_per_query(report: EvaluationReport, path: Path) -> None:
-    """``{"summary": ..., "per_query": [...]}`` as JSON."""
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"summary": report.summary(), "per_query": report.per_query()}, f, ensure_ascii=False)
-            f.write("\n")
-    except OSError as e:
-        raise AmrError(f"{path}: cannot write the per-query results ({e.strerror or e})") from e
+    """``{"summary": ..., "per_query": [...]}`` as JSON, written atomically (a
+    failure, a full disk say, leaves what was at ``path`` as it was)."""
+    document = json.dumps({"summary": report.summary(), "per_query": report.per_query()}, ensure_ascii=False) + "\n"
+    atomic_write(path, document)

@@ -20,7 +20,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -73,15 +73,41 @@ def temporary_path(path: Path) -> Path:
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yields a temporary path to write ``path`` through; on success it is
-    renamed onto ``path``, on any failure it is removed."""
+    renamed onto ``path``, on any failure it is removed. A failure to write
+    the temporary file or to rename it (a full disk, a directory at ``path``)
+    is an AmrError naming ``path``, not the temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is not None and str(e.filename) not in (str(tmp), str(path)):
+            raise  # another file's error, raised inside the block
+        raise AmrError(f"{path}: cannot write it ({e.strerror or e}); what was there is unchanged") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError raised in the block (a full disk, no permission) into an AmrError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise AmrError(f"{path}: cannot write it ({e.strerror or e})") from e
+
+
+def refuse_overwrite(path: Path, what: str, is_one: Callable[[Path], bool], force: bool = False) -> None:
+    """Refuse to write the output ``path``, a ``what`` ("an amr index"), over a
+    directory, or over an existing file that ``is_one`` says is not one (an
+    embedding cache, say) unless ``force``: one line naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise AmrError(f"{path}: a directory, not a file to write {what} to")
+    if not force and path.exists() and not is_one(path):
+        raise AmrError(f"{path}: exists and is not {what}; choose another output, or pass --force to overwrite it")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -135,16 +161,18 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
 
 
 def _describe_holder(handle: IO[str]) -> None:
-    handle.seek(0)
-    handle.truncate()
     holder = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "command": " ".join(sys.argv),
         "since": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    handle.write(json.dumps(holder) + "\n")
-    handle.flush()
+    fd = handle.fileno()  # written unbuffered: a failed write leaves nothing pending
+    os.ftruncate(fd, 0)
+    try:
+        os.write(fd, (json.dumps(holder) + "\n").encode("utf-8"))
+    except OSError:  # a full disk: the lock holds all the same, a second run just cannot name its holder
+        os.ftruncate(fd, 0)
 
 
 def _holder(handle: IO[str]) -> str:

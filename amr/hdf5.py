@@ -99,3 +99,12 @@ def created(path: Path, shown: Path | None = None) -> Iterator[tuple[h5py.File, 
     finally:
         sink.close()
     check()
+
+
+def has_format(path: Path, format_name: str) -> bool:
+    """Whether ``path`` is an HDF5 file of format ``format_name`` (any version)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == format_name
+    except OSError:
+        return False

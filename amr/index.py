@@ -40,7 +40,8 @@ it a folder of append-only columns and the approximate index's files::
       items       (B,)    uint8: the items as utf-8 JSON (amr.items.Item), concatenated
       id_ends     (M,)    int64, and ids (B',) uint8: the items' ids, the same way
       lookup.<token>      the M ids' 16-byte blake2b hashes, sorted, then (M,) int64 the item
-                          of each: id → item through a memory map, without a dict of ids
+                          of each: id → item through a memory map, without a dict of ids;
+                          its sha256 is in ``store`` and checked before an append uses it
     index.<token>.faiss       the approximate index (amr.search), if any; an ivf-pq one keeps
     index.<token>.ivfdata     its inverted lists in this second file, memory-mapped
     index.<token>.query/      the query encoder: `amr query` encodes text with it, without torch
@@ -63,7 +64,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,9 +77,9 @@ from amr import __version__
 from amr.audioset import audioset_class_names
 from amr.cache import CacheInfo
 from amr.errors import AmrError
-from amr.files import atomic_output
+from amr.files import atomic_output, sha256_file, writing
 from amr.fusion import Fusion
-from amr.hdf5 import open_versioned
+from amr.hdf5 import created, open_versioned
 from amr.items import Item
 from amr.metrics import rank_items
 from amr.retrievers import Retriever, describe
@@ -131,6 +133,7 @@ class StoreState:
     lookup: str  # the lookup file is lookup.<lookup> in the folder
     dead_rows: int = 0
     dead_items: int = 0
+    lookup_sha256: str = ""  # of the lookup file, verified before an append trusts it ("": an index made before it was recorded)
 
 
 @dataclass(frozen=True)
@@ -242,10 +245,25 @@ class Store:
         self.lookup_items = _map(lookup, np.dtype("<i8"), (state.items,), offset=state.items * _HASH.itemsize)
 
     def item(self, i: int) -> Item:
-        return Item(**json.loads(_slice(self._items, self._item_ends, i).tobytes()))
+        if not 0 <= i < self.state.items:
+            raise AmrError(f"{self.folder / 'row_item'}: names item {i} of {self.state.items}; the index is damaged, rebuild it")
+        try:
+            return Item(**json.loads(_slice(self._items, self._item_ends, i).tobytes()))
+        except (ValueError, TypeError) as e:  # undecodable bytes, not JSON, not an item
+            raise AmrError(f"{self.folder / 'items'}: item {i} is not an item's JSON ({e}); the index is damaged, rebuild it") from None
 
     def id(self, i: int) -> str:
-        return _slice(self._ids, self._id_ends, i).tobytes().decode("utf-8")
+        try:
+            return _slice(self._ids, self._id_ends, i).tobytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AmrError(f"{self.folder / 'ids'}: id {i} is not UTF-8 ({e}); the index is damaged, rebuild it") from None
+
+    def verify_lookup(self) -> None:
+        """Refuse a lookup whose bytes differ from what was written (an append
+        trusting a damaged one would index every id again, as new)."""
+        file = self.folder / f"lookup.{self.state.lookup}"
+        if self.state.lookup_sha256 and sha256_file(file) != self.state.lookup_sha256:
+            raise AmrError(f"{file}: damaged (its sha256 is not the one the index records); rebuild the index")
 
     def item_rows(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First row and end row of each of ``items``."""
@@ -286,6 +304,8 @@ class StoreWriter:
             handle = open(self.folder / name, "ab")
             handle.truncate(getattr(state, count) * dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
             self.files[name] = handle
+        if state.lookup:
+            Store(path, header, state).verify_lookup()
         self.dead = _grown(np.asarray(dead, np.uint8), state.rows)
         self.first_new_item = state.items
         self._committed_lookup = state.lookup  # the lookup readers of the current version use: kept
@@ -315,8 +335,8 @@ class StoreWriter:
         self._write("tag_probs", rows.tag_probs)
         self._write("item_ends", state.item_bytes + np.cumsum([len(b) for b in blobs], dtype=np.int64))
         self._write("id_ends", state.id_bytes + np.cumsum([len(b) for b in ids], dtype=np.int64))
-        self.files["items"].write(b"".join(blobs))
-        self.files["ids"].write(b"".join(ids))
+        self._write("items", b"".join(blobs))
+        self._write("ids", b"".join(ids))
         self.state = replace(
             state,
             rows=state.rows + n,
@@ -331,21 +351,25 @@ class StoreWriter:
     def finish(self) -> tuple[StoreState, np.ndarray]:
         """Flush everything to disk; the state and dead bitmap to record in a manifest."""
         self._absorb()
-        for handle in self.files.values():
-            handle.flush()
-            os.fsync(handle.fileno())
+        for name, handle in self.files.items():
+            with writing(self.folder / name):
+                handle.flush()
+                os.fsync(handle.fileno())
             handle.close()
         return self.state, _grown(self.dead, self.state.rows)[: (self.state.rows + 7) // 8]
 
-    def _write(self, name: str, values: np.ndarray) -> None:
-        self.files[name].write(np.ascontiguousarray(values, self.columns[name][0]).tobytes())
+    def _write(self, name: str, values: np.ndarray | bytes) -> None:
+        raw = values if isinstance(values, bytes) else np.ascontiguousarray(values, self.columns[name][0]).tobytes()
+        with writing(self.folder / name):
+            self.files[name].write(raw)
 
     def _absorb(self) -> None:
         """Merge the pending ids into the lookup; mark the rows of the items they replace dead."""
         if not self._pending and self.state.lookup:
             return
-        for handle in self.files.values():
-            handle.flush()
+        for name, handle in self.files.items():
+            with writing(self.folder / name):
+                handle.flush()
         first = self.state.items - len(self._pending)
         hashes = id_hashes(self._pending)
         order = np.argsort(hashes, kind="stable")
@@ -362,7 +386,7 @@ class StoreWriter:
         _merge_lookup(old, hashes, items, self.folder / f"lookup.{token}")
         if self.state.lookup and self.state.lookup != self._committed_lookup:
             (self.folder / f"lookup.{self.state.lookup}").unlink(missing_ok=True)  # made by this writer, superseded
-        self.state = replace(self.state, lookup=token)
+        self.state = replace(self.state, lookup=token, lookup_sha256=sha256_file(self.folder / f"lookup.{token}"))
 
     def _kill(self, items: np.ndarray) -> None:
         """Mark every row of ``items`` dead."""
@@ -393,8 +417,9 @@ def _merge_lookup(old: Store | None, hashes: np.ndarray, items: np.ndarray, out:
     old_hashes = old.lookup_hashes if old is not None else np.zeros(0, _HASH)
     old_items = old.lookup_items if old is not None else np.zeros(0, np.int64)
     total = len(old_hashes) + len(hashes)
-    with open(out, "wb") as f:
-        f.truncate(total * (_HASH.itemsize + 8))
+    with writing(out), open(out, "wb") as f:
+        if total:  # its space taken now: writing a memory map onto a full disk would crash (SIGBUS), not fail
+            os.posix_fallocate(f.fileno(), 0, total * (_HASH.itemsize + 8))
     if not total:
         return
     out_hashes = np.memmap(out, _HASH, "r+", shape=(total,))
@@ -454,7 +479,8 @@ def new_state(vector_dtype: str = "float32") -> StoreState:
 
 def write_manifest(path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray, ann: AnnInfo | None) -> None:
     """Make ``state`` (and ``ann``) the index at ``path``, atomically."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+
+    with atomic_output(path) as tmp, created(tmp, path) as (f, _):
         _write_attrs(f, header, ann)
         f.attrs["store"] = json.dumps(asdict(state))
         f.create_dataset("dead", data=np.asarray(dead, np.uint8))
@@ -471,12 +497,14 @@ def write_index(path: Path, header: IndexHeader, rows: Rows | Iterable[Rows], ve
     remove_unused(path, header, state, None)
 
 
-def remove_unused(path: Path, header: IndexHeader, state: StoreState, ann: AnnInfo | None) -> None:
+def remove_unused(path: Path, header: IndexHeader | None, state: StoreState | None, ann: AnnInfo | None) -> None:
     """Delete the column folders, sidecars and query encoders beside ``path`` that this version
-    does not use (older versions, or what a killed run left), and superseded lookups."""
+    does not use (older versions, or what a killed run left; all of them for no version), and
+    superseded lookups."""
     path = Path(path)
     pattern = re.compile(re.escape(path.stem) + r"\.([0-9a-f]{8})\.(data|faiss|ivfdata|query)")
-    tokens = {"data": state.token, "faiss": ann.token if ann else None, "query": (header.query_encoder or {}).get("token")}
+    query = header.query_encoder if header is not None else None
+    tokens = {"data": state.token if state else None, "faiss": ann.token if ann else None, "query": (query or {}).get("token")}
     for other in path.parent.glob(f"{path.stem}.*"):
         match = pattern.fullmatch(other.name)
         if match is None:
@@ -484,9 +512,28 @@ def remove_unused(path: Path, header: IndexHeader, state: StoreState, ann: AnnIn
         used = tokens.get(match.group(2), tokens["faiss"])
         if match.group(1) != used:
             shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
-    for lookup in data_folder(path, state.token).glob("lookup.*"):
+    for lookup in data_folder(path, state.token).glob("lookup.*") if state is not None else ():
         if lookup.name != f"lookup.{state.lookup}":
             lookup.unlink(missing_ok=True)
+
+
+@contextmanager
+def unrecorded_removed_on_failure(path: Path) -> Iterator[None]:
+    """Around a build or append: when it fails (a full disk, Ctrl-C), remove the
+    column folders, sidecars and lookups it made, which the manifest at ``path``
+    does not record (all of them when there is no readable index there)."""
+    try:
+        yield
+    except BaseException:
+        header, state, ann = None, None, None
+        try:
+            with open_versioned(path, FORMAT, VERSION, "index") as f:
+                header = _header_from_attrs(path, f)
+                state, ann = _store_state(path, str(f.attrs["store"])), _ann_info(path, str(f.attrs["ann"]))
+        except (AmrError, KeyError):
+            pass  # no index there that a successful build would keep: nothing of its files is recorded
+        remove_unused(path, header, state, ann)
+        raise
 
 
 def sidecar_path(path: Path, info: AnnInfo) -> Path:
@@ -639,6 +686,17 @@ def search(
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.header.dim:
         raise ValueError(f"queries must be (Q, {index.header.dim}), got {queries.shape}")
+    if not np.isfinite(queries).all():
+        raise ValueError("queries must be finite")
+    try:
+        return _search(index, queries, top, exact, part, per_item)
+    except ValueError as e:  # finite queries, and amr writes finite vectors only: a NaN score is a damaged column
+        folder = index.store.folder
+        damaged = f"{folder / 'vectors'} or {folder / 'part_norms'}"
+        raise AmrError(f"{damaged}: hold non-finite values ({e}); the index is damaged, rebuild it") from None
+
+
+def _search(index: Index, queries: np.ndarray, top: int, exact: bool, part: str | None, per_item: bool) -> tuple[np.ndarray, np.ndarray]:
     grouped = per_item and not index.single_rows
     k = min(top, index.live_items if grouped else index.live_rows)
     if k == 0:
@@ -676,7 +734,10 @@ def _exact_per_item(
     index: Index, queries: np.ndarray, columns: slice, norms: np.ndarray | None, k: int, dead: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every row scored, each item by its best row (the first of equal ones), the best k items."""
-    firsts = np.flatnonzero(np.r_[True, np.diff(index.row_item) != 0])
+    steps = np.diff(index.row_item)
+    if (steps < 0).any():
+        raise AmrError(f"{index.store.folder / 'row_item'}: not in item order; the index is damaged, rebuild it")
+    firsts = np.flatnonzero(np.r_[True, steps != 0])
     out_rows = np.empty((len(queries), k), np.int64)
     out_scores = np.empty((len(queries), k), np.float32)
     block = max(1, (1 << 24) // max(1, len(index)))  # queries scored at once: at most 16 M scores
@@ -768,7 +829,7 @@ def _header_from_attrs(path: Path, f: h5py.File) -> IndexHeader:
             fingerprint=str(f.attrs["fingerprint"]),
             kind=str(f.attrs["kind"]),
             fusion=Fusion(str(f.attrs["fusion"])),
-            parts=[(str(name), int(dim)) for name, dim in json.loads(f.attrs["parts"])],
+            parts=_parts(path, f.attrs["parts"]),
             retriever=json.loads(f.attrs["retriever"]),
             configuration=str(f.attrs["configuration"]),
             audio=CacheInfo(**json.loads(f.attrs["audio"])),
@@ -776,8 +837,20 @@ def _header_from_attrs(path: Path, f: h5py.File) -> IndexHeader:
             auto_tags=int(f.attrs["auto_tags"]),
             query_encoder=json.loads(f.attrs["query_encoder"]) if "query_encoder" in f.attrs else None,
         )
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise AmrError(f"{path}: damaged index attributes ({e}); rebuild the index") from None
+
+
+def _parts(path: Path, attribute: str) -> list[tuple[str, int]]:
+    """The ``parts`` attribute: distinct names, each with a positive whole number of dimensions."""
+    parts = json.loads(attribute)
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, list) and len(p) == 2 for p in parts):
+        raise ValueError(f"parts {attribute!r} is not a list of [name, dims]")
+    if any(not isinstance(n, str) or isinstance(d, bool) or not isinstance(d, int) or d < 1 for n, d in parts):
+        raise ValueError(f"parts {attribute!r}: each needs a name and a whole number of dimensions >= 1")
+    if len({n for n, _ in parts}) != len(parts):
+        raise ValueError(f"parts {attribute!r} repeat a name")
+    return [(n, d) for n, d in parts]
 
 
 def _ann_info(path: Path, ann: str) -> AnnInfo | None:
@@ -795,6 +868,9 @@ def _store_state(path: Path, store: str) -> StoreState:
         np.dtype(state.vector_dtype)
     except (ValueError, TypeError) as e:
         raise AmrError(f"{path}: damaged 'store' attribute ({e}); rebuild the index") from None
+    counts = ("rows", "items", "item_bytes", "id_bytes", "dead_rows", "dead_items")
+    if not all(isinstance(getattr(state, n), int) and getattr(state, n) >= 0 for n in counts):
+        raise AmrError(f"{path}: damaged 'store' attribute (counts {', '.join(counts)} must be whole numbers >= 0); rebuild the index")
     if state.vector_dtype not in ("float32", "float16"):
         raise AmrError(f"{path}: vectors of type {state.vector_dtype}; this amr reads float32 and float16")
     return state

@@ -32,7 +32,9 @@ from amr.checkpoint import checkpoint_spec
 from amr.config import ANN_KINDS
 from amr.console import console, progress, status, warn
 from amr.errors import AmrError
-from amr.files import exclusive
+from amr.files import exclusive, refuse_overwrite
+from amr.hdf5 import has_format
+from amr.index import FORMAT as INDEX_FORMAT
 from amr.index import (
     ON_DISK_KINDS,
     TAGS_STORED,
@@ -48,6 +50,7 @@ from amr.index import (
     query_folder,
     remove_unused,
     sidecar_path,
+    unrecorded_removed_on_failure,
     write_manifest,
 )
 from amr.items import changed_on_disk
@@ -120,6 +123,7 @@ def build_index(
     ann: bool | None = None,
     ann_kind: str | None = None,
     auto_tags: int | None = None,
+    force: bool = False,
     show_progress: bool = True,
 ) -> IndexReport:
     """Encode every item of ``caches`` (in ``splits``, all when None) and write the index.
@@ -131,14 +135,17 @@ def build_index(
     ("ivf-sq8", "ivf-pq") overrides the kind its size picks (an appended
     index keeps an ivf-pq one). ``auto_tags`` K gives items without metadata
     their clip's K most probable AudioSet classes as metadata (default 0; an
-    appended index keeps its K)."""
+    appended index keeps its K). An existing file at ``output`` that is not an
+    index (an embedding cache, say) is refused unless ``force``. A run that
+    fails leaves the index as it was and removes what it wrote."""
     started = time.perf_counter()
     output = Path(output)
     if ann_kind is not None and ann_kind not in ANN_KINDS:
         raise AmrError(f"unknown approximate index kind {ann_kind!r}; expected one of {', '.join(ANN_KINDS)}")
     if ann is False and ann_kind is not None:
         raise AmrError("--no-ann and --ann-kind exclude each other")
-    with exclusive(output, "index"):
+    refuse_overwrite(output, "an amr index", lambda path: has_format(path, INDEX_FORMAT), force or append)
+    with exclusive(output, "index"), unrecorded_removed_on_failure(output):
         opened = open_caches(caches)
         try:
             header = IndexHeader.of(retriever, opened[0].info, [str(c.path.resolve()) for c in opened])
@@ -170,7 +177,7 @@ def add_ann(path: Path, kind: str | None = None, show_progress: bool = True) -> 
     """(Re)build the approximate index of the index at ``path`` from its
     stored vectors (``kind``: by its size when None) and record it."""
     path = Path(path)
-    with exclusive(path, "index"):
+    with exclusive(path, "index"), unrecorded_removed_on_failure(path):
         index = Index(path)
         live = index.live_rows
         kind = kind or ("ivf-pq" if live > LARGE_LIMIT else "ivf-sq8")

@@ -13,7 +13,6 @@ WordPiece tokens before they reach the model, for training and retrieval alike.
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -84,9 +83,25 @@ def _hub_snapshot(name: str) -> Path:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
+    """The model's safetensors weights, each with a readable header; a folder
+    with only pickled weights (pytorch_model.bin) is refused, whatever they hold."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise AmrError(f"{directory}: no model weights (*.safetensors or pytorch_model*.bin)")
+        pickled = sorted(directory.glob("pytorch_model*.bin"))
+        if pickled:
+            raise AmrError(
+                f"{pickled[0]}: pickled weights, which amr never loads (loading a pickle can run code; nothing in it was run); "
+                "use the model's safetensors weights"
+            )
+        raise AmrError(f"{directory}: no model weights (*.safetensors)")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise AmrError(f"{file}: not a readable safetensors file ({e})") from None
     return files
 
 
@@ -98,14 +113,10 @@ def _load_quietly(directory: Path):
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    _weight_files(directory)  # safetensors only, each readable
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModel.from_pretrained(directory, local_files_only=True)
-    except pickle.UnpicklingError:  # torch's weights_only loading refused a pickle holding more than tensors
-        raise AmrError(
-            f"{directory}: its pytorch_model.bin is a pickle that holds more than tensors, which amr never loads "
-            "(nothing in it was run); use the model's safetensors weights"
-        ) from None
+        model = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise AmrError(f"{directory}: cannot load a Hugging Face text model from it ({reason})") from None

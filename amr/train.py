@@ -47,7 +47,8 @@ from amr import checkpoint
 from amr.cache import CacheInfo, EmbeddingCache, open_caches
 from amr.config import TrainConfig, Validation
 from amr.console import console, progress
-from amr.errors import AmrError
+from amr.errors import AmrError, Interrupted
+from amr.files import exclusive
 from amr.fusion import Init
 from amr.heads import AudioBatch
 from amr.items import Item
@@ -84,10 +85,7 @@ def resume_configs(output: Path, model: ModelConfig, training: TrainConfig, give
     from ``model`` / ``training``; training refuses to resume if they differ."""
     stored = checkpoint.read_config(output)
     stored_model = checkpoint.model_config(stored, output)
-    try:
-        stored_training = TrainConfig(**stored["training"])
-    except TypeError as e:
-        raise AmrError(f"{output / checkpoint.CONFIG}: training options this amr does not know ({e})") from None
+    stored_training = TrainConfig(**stored["training"])  # read_config checked it
     model_names = {f.name for f in fields(ModelConfig)}
     training_names = {f.name for f in fields(TrainConfig)}
     model_changes = {name: getattr(model, name) for name in given if name in model_names}
@@ -325,14 +323,16 @@ def train(
     copied before fine-tuning, never modified)."""
     if not training.caches:
         raise AmrError("no cache to train on: name one with --cache")
-    caches = open_caches([Path(c) for c in training.caches])
-    try:
-        return _train(caches, Path(output).resolve(), model_config, training, resume, progress, text, torch.device(device))
-    except KeyboardInterrupt:  # before the training loop (which reports what it kept)
-        raise AmrError(f"interrupted before training started; nothing was kept in {output}") from None
-    finally:
-        for cache in caches:
-            cache.close()
+    output = Path(output).resolve()
+    with exclusive(output, "checkpoint"):
+        caches = open_caches([Path(c) for c in training.caches])
+        try:
+            return _train(caches, output, model_config, training, resume, progress, text, torch.device(device))
+        except KeyboardInterrupt:  # before the training loop (which reports what it kept)
+            raise Interrupted(f"interrupted before training started; nothing was kept in {output}") from None
+        finally:
+            for cache in caches:
+                cache.close()
 
 
 def _train(
@@ -394,7 +394,7 @@ def _train(
                 _select(output, model, sources, info, training, state, record, mix)
                 checkpoint.save_state(output, model, optimizer, scheduler, state)
     except KeyboardInterrupt:
-        raise AmrError(
+        raise Interrupted(
             f"interrupted; {output} holds epoch {state['epoch']}: continue with `amr train --resume --output {output}`"
         ) from None
     return TrainResult(output, state["best_epoch"], state["best_map10"], state["epoch"], time.perf_counter() - started)
@@ -591,15 +591,19 @@ def _run_epoch(
         q, m = model.embed_texts(queries, metadata)
         items = model.item_vectors(audio, m if config.uses_metadata else None)
         loss = nt_xent(model.query_vectors(q) @ items.T, torch.from_numpy(clips).to(device), training.temperature)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise AmrError(_diverged(f"the loss became {losses[-1]} at step {len(losses)} of epoch {epoch + 1}", training))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model_seconds += time.perf_counter() - tick
         optimizer.step()
         anchor.pull(scheduler.get_last_lr()[0])
         scheduler.step()
-        losses.append(loss.item())
         bar.update(task, advance=1, loss=float(np.mean(losses[-50:])), lr=scheduler.get_last_lr()[0])
     bar.remove_task(task)
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise AmrError(_diverged(f"the weights became non-finite in epoch {epoch + 1}", training))
     seconds = time.perf_counter() - started
     return {
         "epoch": epoch + 1,
@@ -611,6 +615,10 @@ def _run_epoch(
         "model_seconds": round(model_seconds, 3),
         "pairs_per_second": round(len(pairs) / seconds, 1),
     }
+
+
+def _diverged(what: str, training: TrainConfig) -> str:
+    return f"training diverged: {what} (learning rates {training.lr:g} and {training.text_lr:g}); train again with a lower --lr / --text-lr"
 
 
 def _progress_bar(show: bool) -> Progress:

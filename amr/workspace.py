@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from amr.console import warn
 from amr.errors import AmrError
 from amr.files import atomic_write
 
@@ -70,12 +71,17 @@ class Workspace:
         return self.root / "latest.json"
 
     def _read_pointers(self) -> dict[str, str]:
+        """What latest.json records: kind → path; a damaged file is one line naming it."""
         if not self._pointers.exists():
             return {}
         try:
-            return json.loads(self._pointers.read_text())
-        except json.JSONDecodeError as e:
+            pointers = json.loads(self._pointers.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise AmrError(f"{self._pointers}: not valid JSON ({e}); delete it and rerun the last stage") from e
+        if not isinstance(pointers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pointers.items()):
+            found = type(pointers).__name__
+            raise AmrError(f"{self._pointers}: not an object of paths by kind ({found}); delete it and rerun the last stage")
+        return pointers
 
     def latest(self, kind: Kind) -> Path:
         """The output the last run of a stage recorded, or a hint how to make one."""
@@ -88,6 +94,12 @@ class Workspace:
         return resolved
 
     def set_latest(self, kind: Kind, path: Path) -> None:
-        pointers = self._read_pointers()
+        """Record ``path`` as the latest ``kind``; a damaged latest.json is replaced (with a warning),
+        since the output of the stage that just ran is already written."""
+        try:
+            pointers = self._read_pointers()
+        except AmrError as e:
+            warn(f"{e}; replaced by a new one")
+            pointers = {}
         pointers[kind] = str(Path(path).resolve())
         atomic_write(self._pointers, json.dumps(pointers, indent=2) + "\n")

@@ -57,11 +57,16 @@ def test_version_and_help() -> None:
         ["index", "--split", "everything"],
         ["train", "--epochs", "0"],
         ["query", "--no-such-option"],
+        ["query", "--top", "0", "dog"],
+        ["extract"],
+        ["bogus"],
     ],
 )
 def test_invalid_option_values_are_usage_errors(args: list[str]) -> None:
+    """Exit 2 and one line on stderr, not a framed box."""
     done = amr(*args)
-    assert done.returncode == 2 and "Traceback" not in done.stderr.decode()
+    lines = [line for line in done.stderr.decode().splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr.decode()
 
 
 def test_a_missing_input_is_one_line_naming_what_to_do(tmp_path: Path) -> None:
