@@ -1,3 +1,3 @@
-from amr.cli import main
+from amr.launch import main
 
 main()

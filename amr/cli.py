@@ -38,6 +38,7 @@ from amr.console import error
 from amr.errors import AmrError, Interrupted
 from amr.fusion import Fusion, Init
 from amr.items import SPLITS
+from amr.launch import SERVER_ENV
 from amr.results import Format
 from amr.segments import SegmentGrid
 from amr.workspace import WORKSPACE_ENV, Workspace
@@ -51,7 +52,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-SERVER_ENV = "AMR_SERVER"  # the server `amr query` sends its queries to
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what --threads sets
 
 
@@ -607,7 +607,7 @@ def query(
     ran; 3 when some failed (each reported on stderr; the others still
     produce results); 1 when nothing could run; 2 for a query without words."""
     _limit_threads(threads)
-    from amr.results import Failure, default_format, gather_queries, make_writer
+    from amr.results import gather_queries, print_outcomes
     from amr.text_input import normalize_text
 
     if not queries and not audio:
@@ -629,21 +629,9 @@ def query(
         searcher = open_searcher(path, checkpoint, audio_weights, _device(device), threads, max_query_seconds)
         parts = [name for name, _ in searcher.index.header.parts] if explain else None
         outcomes = run_queries(searcher, inputs, top, explain_scores=explain, exact=exact, all_segments=all_segments, moments=moments)
-    writer = make_writer(fmt or default_format(sys.stdout), sys.stdout, parts)
-    failed = 0
-    try:
-        for outcome in outcomes:
-            if isinstance(outcome, Failure):
-                failed += 1
-                error(f"query {outcome.query_id} ({outcome.query!r}): {outcome.error}")
-            else:
-                writer.write(outcome)
-        writer.close()
-    except BrokenPipeError:  # the reader stopped early (`| head`): stop quietly, as a killed pipe writer would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(141) from None
-    if failed:
-        raise typer.Exit(3)
+    code = print_outcomes(outcomes, fmt, parts)
+    if code:
+        raise typer.Exit(code)
 
 
 # --- categorize ---------------------------------------------------------------------------

@@ -83,8 +83,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is not None and str(e.filename) not in (str(tmp), str(path)):
-            raise  # another file's error, raised inside the block
+        ours = str(e.filename) in (str(tmp), str(path)) if e.filename is not None else e.errno is not None
+        if not ours:
+            raise  # another file's error (or a download's, errno None), raised inside the block
         raise AmrError(f"{path}: cannot write it ({e.strerror or e}); what was there is unchanged") from e
     finally:
         tmp.unlink(missing_ok=True)

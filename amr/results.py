@@ -8,7 +8,7 @@ client of a running server (amr.client), so all three print the same records.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from itertools import count
@@ -221,6 +221,31 @@ def make_writer(fmt: Format, out: IO[str], parts: Sequence[str] | None) -> Jsonl
 
     # at a terminal its width; elsewhere (a file, a pager) room for long paths rather than 80 columns
     return TableWriter(Console(file=out, highlight=False, width=None if out.isatty() else 200))
+
+
+def print_outcomes(outcomes: Iterable[Result | Failure], fmt: Format | None, parts: Sequence[str] | None) -> int:
+    """Write each result to stdout (``fmt``, default by the terminal) and each
+    failed query as one line on stderr; the exit code `amr query` ends with: 0,
+    3 when some queries failed, 141 when the reader closed the pipe (`| head`)."""
+    import os
+    import sys
+
+    from amr.console import error
+
+    writer = make_writer(fmt or default_format(sys.stdout), sys.stdout, parts)
+    failed = 0
+    try:
+        for outcome in outcomes:
+            if isinstance(outcome, Failure):
+                failed += 1
+                error(f"query {outcome.query_id} ({outcome.query!r}): {outcome.error}")
+            else:
+                writer.write(outcome)
+        writer.close()
+    except BrokenPipeError:  # stop quietly, as a killed pipe writer would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 3 if failed else 0
 
 
 def _json(value: Any) -> str:

@@ -18,7 +18,8 @@ the stored vectors, decide the top k, so what is found scores as exact search:
              for the coarser codes.
 
 Only this module imports FAISS: it first points FAISS's bundled OpenBLAS at
-kernels for this CPU (`_pick_openblas_kernels`).
+kernels for this CPU (`_pick_openblas_kernels`), and imports it only
+when an approximate index is built or searched.
 """
 
 from __future__ import annotations
@@ -29,8 +30,18 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from amr.console import status
+from amr.errors import AmrError
+from amr.files import temporary_path
+from amr.metrics import rank_items
+
+if TYPE_CHECKING:
+    import faiss
 
 
 def _pick_openblas_kernels() -> None:
@@ -51,14 +62,15 @@ def _pick_openblas_kernels() -> None:
         os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
 
 
-_pick_openblas_kernels()
+def load_faiss() -> ModuleType:
+    """FAISS, imported when first needed (an exact search never needs it: a
+    one-shot `amr query` on an exact index skips its 50 ms import), after
+    the OpenBLAS choice above."""
+    _pick_openblas_kernels()
+    import faiss
 
-import faiss  # noqa: E402  (after the OpenBLAS choice above)
+    return faiss
 
-from amr.console import status  # noqa: E402
-from amr.errors import AmrError  # noqa: E402
-from amr.files import temporary_path  # noqa: E402
-from amr.metrics import rank_items  # noqa: E402
 
 _TINY = 1e-12  # floor of a norm that divides
 EXACT_BLOCK = 1 << 16  # rows scored at once by exact search
@@ -144,6 +156,7 @@ def bits(bitmap: np.ndarray, start: int, stop: int) -> np.ndarray:
 def search_parameters(ann: faiss.Index, dead: np.ndarray | None) -> faiss.SearchParametersIVF:
     """FAISS search parameters at the index's nprobe that skip the rows of the
     ``dead`` bitmap. Keep the returned object (it holds the bitmap's pointer)."""
+    faiss = load_faiss()
     ivf = faiss.extract_index_ivf(ann)
     params = faiss.SearchParametersIVF(nprobe=ivf.nprobe)
     if dead is not None:
@@ -159,6 +172,7 @@ def ann_candidates(ann: faiss.Index, queries: np.ndarray, pool: int, params: fai
 
     FAISS shares out queries among its threads; a single query would use one
     of them, so its lists are shared out instead (parallel mode 1)."""
+    faiss = load_faiss()
     faiss.extract_index_ivf(ann).parallel_mode = 1 if len(queries) == 1 else 0
     _, candidates = ann.search(queries, min(pool, ann.ntotal), params=params)
     return candidates
@@ -216,6 +230,7 @@ def build_ivf(vectors: np.ndarray, dead: np.ndarray | None = None, progress: boo
     64; 4·√N lists (4000) take 171 s and 2.0 ms at nprobe 128, for the same
     recall (0.98). FAISS HNSW (M 32) needed efSearch 512 for recall 0.975 and
     30 s to build 1e5 items, so a million would take many minutes."""
+    faiss = load_faiss()
     n, dim = vectors.shape
     nlist = max(1, min(round(2 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
     rng = np.random.default_rng(0)
@@ -274,6 +289,7 @@ def build_ivfpq(vectors: np.ndarray, dead: np.ndarray | None, sidecar: Path, pro
     Memory: the training sample (PQ_TRAIN_PER_LIST x nlist x D float32),
     then one shard of SHARD_ROWS rows' codes at a time; the shards go to
     temporary files that FAISS merges list by list into the lists file."""
+    faiss = load_faiss()
     n, dim = vectors.shape
     nlist = pq_lists(n)
     rng = np.random.default_rng(0)
@@ -299,6 +315,7 @@ def write_on_disk(trained: faiss.IndexIVF, vectors: np.ndarray, start: int, exis
     """Write an ivf-pq index of the ``existing`` inverted lists plus rows
     ``start`` … of ``vectors``: the lists to `lists_path(sidecar)`, the rest
     (quantisers, list offsets) to ``sidecar``. ``trained`` is an empty trained index."""
+    faiss = load_faiss()
     shards: list[Path] = []
     try:
         for first in range(start, len(vectors), SHARD_ROWS):
@@ -329,6 +346,7 @@ def write_on_disk(trained: faiss.IndexIVF, vectors: np.ndarray, start: int, exis
 
 def empty_copy(sidecar: Path) -> faiss.IndexIVF:
     """The trained quantisers of the ivf-pq index at ``sidecar``, with empty in-RAM lists."""
+    faiss = load_faiss()
     with _quiet_stdout():
         trained = faiss.read_index(str(sidecar), faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_ONDISK_SAME_DIR)
     lists = faiss.ArrayInvertedLists(trained.nlist, trained.code_size)
@@ -402,6 +420,7 @@ def lists_path(sidecar: Path) -> Path:
 
 def write_ann(ann: faiss.Index, sidecar: Path) -> None:
     """Write an approximate index atomically (of an ivf-pq one, the part that is not its lists file)."""
+    faiss = load_faiss()
     tmp = temporary_path(sidecar)
     try:
         faiss.write_index(ann, str(tmp))
@@ -414,6 +433,7 @@ def read_ann(sidecar: Path, on_disk: bool) -> faiss.IndexIVF:
     """An approximate index: loaded into RAM (ivf-sq8), or with its inverted
     lists memory-mapped from `lists_path` (``on_disk``: ivf-pq). A missing,
     truncated or unreadable file is an AmrError naming it."""
+    faiss = load_faiss()
     if not sidecar.exists():
         raise AmrError(f"{sidecar}: the approximate index file is missing; run `amr index --ann` again")
     # ivf-sq8 is loaded, not memory-mapped: FAISS searches mapped lists some 30 times slower (measured, faiss 1.15).

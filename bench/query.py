@@ -85,7 +85,9 @@ from amr.indexing import add_ann
 from amr.items import Item
 from amr.query import QueryInput, Searcher, run_queries
 from amr.retrievers import load_retriever
-from amr.search import exact_search, faiss, pq_lists, pq_sub_quantizers, recall_at
+from amr.search import exact_search, load_faiss, pq_lists, pq_sub_quantizers, recall_at
+
+faiss = load_faiss()
 
 FAMILIES = 24
 QUERY_COSINE = 0.7
@@ -270,9 +272,12 @@ def dimension(checkpoint: Path) -> int:
 def untrained_checkpoint(directory: Path, width: int | None, init: str | None) -> Path:
     """A checkpoint of an untrained model of the default configuration (of
     model ``width`` and ``init``, when given)."""
+    from dataclasses import asdict
+
     import torch
 
     from amr.checkpoint import save_model, write_config
+    from amr.config import TrainConfig
     from amr.model import ModelConfig, RetrievalModel
     from amr.text import TextEncoder
     from amr.weights import WEIGHTS
@@ -284,7 +289,7 @@ def untrained_checkpoint(directory: Path, width: int | None, init: str | None) -
     config = ModelConfig(audio_dim=audio.embed_dim, **options)
     model = RetrievalModel(config, TextEncoder())
     directory.mkdir(parents=True, exist_ok=True)
-    write_config(directory, model, audio, training={"untrained": True})
+    write_config(directory, model, audio, training=asdict(TrainConfig()))  # never trained: the default options, no best epoch
     save_model(directory, model)
     return directory
 

@@ -392,17 +392,18 @@ def test_sigkill_leaves_readable_parts_and_rerun_completes_identically(shared: P
 
 def test_embed_file_matches_the_cache(sounds_cache: Path, mn04_weights: Path) -> None:
     """Query by example embeds a clip exactly as `amr extract` did. The cache holds float16;
-    the two float32 computations may differ in the last bits (another thread count may pick
-    other kernels), so the rounded values agree to one float16 step (2^-10 relative,
-    2^-24 absolute for subnormals)."""
+    the two float32 computations may differ in the last bits (another batch or thread count
+    picks other kernels): absolutely, by the encoder's float32 agreement (1e-4 of the largest
+    value, see test_encoder), which near zero is more than a float16 step; relatively, by one
+    float16 step (2^-10) where a value near a rounding boundary rounds the other way."""
     with EmbeddingCache(sounds_cache) as cache:
         embedder = ClipEmbedder.for_collection(cache.info, sounds_cache, mn04_weights)
         for clip_id in ("bigsoundbank-dog", "freesound-rain"):
             i = cache.index_of(clip_id)
             frames, tags = embedder.embed(Path(cache.items[i].audio))
-            step = dict(rtol=2**-10, atol=2**-24)
-            np.testing.assert_allclose(frames.astype(np.float16).astype(np.float32), cache.sequence(i), **step)
-            np.testing.assert_allclose(tags.astype(np.float16).astype(np.float32), cache.tags[i], **step)
+            for got, stored in ((frames, cache.sequence(i)), (tags, cache.tags[i])):
+                agreement = 1e-4 * float(np.abs(stored).max())
+                np.testing.assert_allclose(got.astype(np.float16).astype(np.float32), stored, rtol=2**-10, atol=agreement)
 
 
 def test_cache_holds_the_pretrained_models_frames(sounds_cache: Path, mn04_model, weights, one_torch_thread) -> None:
@@ -525,7 +526,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_finished_parts_are_kept
     full = subprocess.run([sys.executable, "-c", SIZE_LIMITED, str(700 << 10), *command], cwd=REPO, env=env, capture_output=True, text=True)
     errors = [line for line in full.stderr.splitlines() if line.startswith("error")]
     assert full.returncode == 1, full.stderr[-2000:]
-    assert errors == [f"error: {out}: File too large"], full.stderr[-2000:]
+    assert errors == [f"error: {out}: cannot write it (File too large); what was there is unchanged"], full.stderr[-2000:]
     assert "Traceback" not in full.stderr and not out.exists()
     assert not list(tmp_path.rglob(".*.tmp")), "no temporary file is left behind"
     parts = sorted(parts_folder(out).glob("part-*.h5"))

@@ -29,7 +29,9 @@ from amr.errors import AmrError
 from amr.index import Index, Rows, data_folder, open_index, search, sidecar_path, write_index
 from amr.indexing import add_ann, build_index
 from amr.items import Item
-from amr.search import PQ_RECALL_TARGET, PQ_RERANKS, exact_search, faiss, lists_path
+from amr.search import PQ_RECALL_TARGET, PQ_RERANKS, exact_search, lists_path, load_faiss
+
+faiss = load_faiss()
 
 N = 4000
 TESTS = Path(__file__).resolve().parent

@@ -326,3 +326,51 @@ def test_an_unreachable_server_is_one_line() -> None:
     done = runner.invoke(app, ["query", "dog", "--server", f"http://127.0.0.1:{port}"])
     assert done.exit_code == 1 and done.stdout == ""
     assert done.stderr.startswith("error: ") and "cannot reach an amr server" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def launched(args: list[str], stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
+    """``amr ARGS`` through the entry point (amr.launch), reporting on its last stderr line what it imported."""
+    code = f"""import sys
+sys.argv = ["amr", *{args!r}]
+from amr.launch import main
+try:
+    main()
+finally:
+    sys.stderr.write("loaded: " + " ".join(m for m in ("typer", "numpy", "amr.cli") if m in sys.modules) + "\\n")
+"""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    return subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, timeout=300, env=environment)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dog barking", "rain on a roof", "-k", "3"],
+        ["cat", "--top=4", "--format", "tsv", "--explain"],
+        ["-", "-k", "2"],  # stdin, with failures: exit 3
+    ],
+)
+def test_the_entry_point_answers_a_server_query_without_the_cli(args: list[str], server: str) -> None:
+    """`amr query --server` runs in amr.launch on the standard library: no typer, no numpy, the CLI's output and exit code."""
+    stdin = b'dog barking\n!!!\n{"id": "j", "text": "a cat"}\n'
+    through_cli = runner.invoke(app, ["query", *args, "--server", server], input=stdin)
+    done = launched(["query", *args], stdin, AMR_SERVER=server)
+    *messages, loaded = done.stderr.decode().splitlines()
+    assert loaded == "loaded: " and done.returncode == through_cli.exit_code
+    assert done.stdout.decode() == through_cli.stdout and "\n".join(messages) == through_cli.stderr.rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query", "dog", "--top", "0"],  # a value the CLI refuses: its usage error
+        ["query", "!!!"],  # no words
+        ["query", "dog", "--threads", "2"],  # an option of the local search
+        ["query", "--help"],
+        ["--version"],
+    ],
+)
+def test_the_entry_point_leaves_everything_else_to_the_cli(args: list[str], server: str) -> None:
+    through_cli = runner.invoke(app, args, env={"AMR_SERVER": server})
+    done = launched(args, AMR_SERVER=server)
+    assert done.stderr.decode().splitlines()[-1] == "loaded: typer amr.cli" and done.returncode == through_cli.exit_code

@@ -108,7 +108,7 @@ def test_missing_directory_is_an_amr_error(tmp_path):
 
 
 def test_directory_without_a_model_is_an_amr_error(tmp_path):
-    with pytest.raises(AmrError, match="cannot load"):
+    with pytest.raises(AmrError, match="no model weights"):
         TextEncoder(str(tmp_path))
 
 
