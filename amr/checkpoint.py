@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save
 from amr import __version__
 from amr.audioset import top_tags
 from amr.cache import CacheInfo, EmbeddingCache, Segment
+from amr.config import TrainConfig
 from amr.errors import AmrError
 from amr.files import atomic_write, sha256_files
 from amr.model import CAPTIONS, ModelConfig, RetrievalModel, item_metadata
@@ -112,8 +113,6 @@ def read_config(directory: Path) -> dict[str, Any]:
             raise AmrError(f"{path}: 'text' {name} must be {kind.__name__}, got {value!r}; the checkpoint is damaged")
     if config.get("best") is not None:
         _require_known(path, "best", config["best"], {"epoch", "val_map10", "interpolation"})
-    from amr.train import TrainConfig  # amr.train imports this module
-
     _require_known(path, "training", config["training"], {f.name for f in fields(TrainConfig)})
     try:
         TrainConfig(**config["training"])

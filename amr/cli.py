@@ -38,8 +38,7 @@ from amr.console import error
 from amr.errors import AmrError, Interrupted
 from amr.fusion import Fusion, Init
 from amr.items import SPLITS
-from amr.launch import SERVER_ENV
-from amr.results import Format
+from amr.results import SERVER_ENV, Format
 from amr.segments import SegmentGrid
 from amr.workspace import WORKSPACE_ENV, Workspace
 
@@ -886,10 +885,11 @@ def evaluate(
     and, with --by, "groups"; "aggregates" with "mean" and "std"), while the
     table goes to stderr."""
     from amr.console import console
-    from amr.dcase import PROTOCOLS, predict_submission
+    from amr.dcase import PROTOCOLS
     from amr.devices import resolve_device
     from amr.evaluate import check_per_query_output, evaluate_models, plot_recall, render_table, write_per_query
     from amr.metrics import APNorm
+    from amr.submission import predict_submission
 
     if protocol not in PROTOCOLS:
         _usage("--protocol", f"{protocol!r}: use one of {', '.join(PROTOCOLS)}")

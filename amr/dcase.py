@@ -46,18 +46,16 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from amr.datasets.common import Problems, SkipHandler
 from amr.errors import AmrError
 from amr.files import atomic_output
 from amr.items import Item, Query
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm
-from amr.workspace import Workspace
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 RELEVANCE_COLUMNS = ("query", "audio_filenames")
 SUBMISSION_INDEX = "index"  # the header of the query column, as pandas writes the baseline's DataFrame
@@ -203,37 +201,6 @@ def write_model_scores(path: Path, items: Sequence[Item], texts: Sequence[str], 
     first = sorted(rows.values())
     blocks = (([texts[r] for r in first[i : i + block]], scores[first[i : i + block]]) for i in range(0, len(first), block))
     return write_submission(path, submission_columns(items), blocks)
-
-
-def predict_submission(
-    path: Path,
-    captions_csv: Path,
-    checkpoints: Sequence[Path],
-    index_paths: Sequence[Path],
-    cache_paths: Sequence[Path],
-    split: str = "test",
-    *,
-    zero_shot: bool = False,
-    workspace: Workspace | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """A DCASE submission for queries without relevance (the captions of
-    ``captions_csv``, the baseline's retrieval_captions.csv): one model's scores
-    of them against the items, as in `evaluate_models`, written to ``path``."""
-    from amr.evaluate import index_collection, make_scorers, open_collection
-
-    workspace = workspace or Workspace.resolve()
-    texts = read_submission_queries(captions_csv)
-    scorers, indexes, checkpoints = make_scorers(checkpoints, index_paths, zero_shot, False, False, workspace, device)
-    if len(scorers) != 1:
-        raise AmrError(f"a submission holds one model's scores; {len(scorers)} models are given")
-    if cache_paths or checkpoints or zero_shot or not indexes:
-        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
-            rows = write_model_scores(path, collection.items, texts, scorers[0].score(collection, texts))
-    else:
-        collection = index_collection(indexes[0], split)
-        rows = write_model_scores(path, collection.items, texts, scorers[0].score(collection, texts))
-    return {"submission": str(path), "model": scorers[0].name, "queries": rows, "files": len(collection.items)}
 
 
 def read_submission_queries(path: Path) -> list[str]:

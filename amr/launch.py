@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVER_ENV = "AMR_SERVER"  # the server `amr query` sends its queries to
+from amr.results import SERVER_ENV
 
 
 @dataclass

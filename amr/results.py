@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
+SERVER_ENV = "AMR_SERVER"  # the `amr serve` that `amr query` sends its queries to (amr.client), when set
 # Queries are encoded and searched this many at a time (amr.query), and sent so to a server (amr.client).
 QUERY_BATCH = 64
 

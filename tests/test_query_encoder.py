@@ -246,7 +246,7 @@ def test_the_forced_torch_path_gives_the_same_records(sounds_index: Path, monkey
 
 # --- start-up -------------------------------------------------------------------------------
 
-HEAVY = ("numpy", "torch", "faiss", "h5py", "transformers", "onnxruntime", "tokenizers", "fastapi", "uvicorn", "soundfile")
+HEAVY = ("numpy", "torch", "faiss", "h5py", "transformers", "onnxruntime", "tokenizers", "fastapi", "uvicorn", "soundfile", "rich")
 
 
 def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -261,7 +261,8 @@ def test_importing_the_cli_imports_nothing_heavy() -> None:
 
 
 def test_a_text_query_never_imports_torch_and_threads_are_set_before_numpy_loads(sounds_index: Path) -> None:
-    """numpy's import is watched: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS must hold --threads by then."""
+    """Nor FAISS, on an exact index (amr.search imports it for an approximate one). numpy's import
+    is watched: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS must hold --threads by then."""
     code = f"""
 import os, sys
 class Watch:
@@ -276,7 +277,7 @@ from amr.cli import main
 try:
     main()
 finally:
-    sys.stderr.write("loaded: " + " ".join(m for m in ("torch", "transformers") if m in sys.modules) + "\\n")
+    sys.stderr.write("loaded: " + " ".join(m for m in ("torch", "transformers", "faiss") if m in sys.modules) + "\\n")
 """
     done = python(code, OPENBLAS_NUM_THREADS="7", OMP_NUM_THREADS="7")
     assert done.returncode == 0, done.stderr
