@@ -32,12 +32,16 @@ class Client:
 
     def __init__(self, url: str):
         split = urlsplit(url if "://" in url else f"http://{url}")
-        if split.scheme not in ("http", "https") or not split.hostname:
+        try:
+            port = split.port  # a ValueError for a port that is not a number in 0-65535
+        except ValueError:
+            port = -1
+        if split.scheme not in ("http", "https") or not split.hostname or port == -1:
             raise AmrError(f"--server {url}: not an http://HOST:PORT address of an `amr serve`")
         self.url = url
         self.prefix = split.path.rstrip("/")
         kind = http.client.HTTPSConnection if split.scheme == "https" else http.client.HTTPConnection
-        self.connection = kind(split.hostname, split.port, timeout=TIMEOUT)
+        self.connection = kind(split.hostname, port, timeout=TIMEOUT)
         info = self._request("GET", "/api/info")
         self.parts: list[str] = info["parts"]
         self.page_limit: int = info["page_limit"]

@@ -375,3 +375,13 @@ def test_the_entry_point_leaves_everything_else_to_the_cli(args: list[str], serv
     through_cli = runner.invoke(app, args, env={"AMR_SERVER": server})
     done = launched(args, AMR_SERVER=server)
     assert done.stderr.decode().splitlines()[-1] == "loaded: typer amr.cli" and done.returncode == through_cli.exit_code
+
+
+@pytest.mark.parametrize("url", ["garbage:99999", "http://127.0.0.1:port", "ftp://127.0.0.1:8000"])
+def test_a_server_address_that_is_none_is_one_line(url: str) -> None:
+    """Through the entry point and through the CLI alike: exit 1, one line naming the address."""
+    done = launched(["query", "dog", f"--server={url}"])
+    *messages, _ = done.stderr.decode().splitlines()
+    assert done.returncode == 1 and messages == [f"error: --server {url}: not an http://HOST:PORT address of an `amr serve`"]
+    through_cli = runner.invoke(app, ["query", "dog", "--server", url])
+    assert through_cli.exit_code == 1 and through_cli.stderr.splitlines() == messages
