@@ -66,6 +66,7 @@ def client_query(args: list[str], environ: dict[str, str] | os._Environ[str]) ->
             return None  # --help, an option of the local search, `--`, a typo: the CLI's to answer
     servers = values.get("server") or ([environ[SERVER_ENV]] if environ.get(SERVER_ENV) else [])
     tops, formats = values.get("top", ["10"]), values.get("fmt", [])
+    # an empty --server is no server, as the CLI takes it
     if (
         len(servers) != 1 or not servers[0] or len(tops) != 1 or len(formats) > 1 or not (texts or values.get("audio"))
     ):  # an empty --server: none, as the CLI takes it
