@@ -197,14 +197,17 @@ def test_the_manifest_records_the_encoder_and_refuses_another_models(sounds_inde
 
 
 def assert_same_records(one: str, other: str, index_path: Path, texts: list[str]) -> None:
-    """jsonl of the two paths: the same records but for scores, which move by at most
-    |Δq|·max|x| between the paths before each is rounded to 6 places."""
+    """jsonl of the two paths: the same records but for scores and their explained parts,
+    which move by at most |Δq|·max|x| between the paths (a part's sub-vectors are no longer
+    than the whole) before each is rounded to 6 places."""
     searcher = open_searcher(index_path)
     delta = np.linalg.norm(searcher.query_encoder.encode_queries(texts) - searcher.model().encode_queries(texts), axis=1).max()
     bound = delta * np.linalg.norm(np.asarray(searcher.index.vectors), axis=1).max() + 1e-6
     first, second = ([json.loads(line) for line in text.splitlines()] for text in (one, other))
-    assert [{**r, "score": None} for r in first] == [{**r, "score": None} for r in second]
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(first, second)) <= bound
+    assert [{**r, "score": None, "explain": None} for r in first] == [{**r, "score": None, "explain": None} for r in second]
+    moved = [abs(a["score"] - b["score"]) for a, b in zip(first, second)]
+    moved += [abs(a["explain"][part] - b["explain"][part]) for a, b in zip(first, second) if a.get("explain") for part in a["explain"]]
+    assert max(moved) <= bound
 
 
 def test_an_index_of_an_older_amr_says_how_to_add_the_encoder_and_still_answers(sounds_index: Path, tmp_path: Path) -> None:
