@@ -3,7 +3,7 @@
 `amr query --server URL` (or with ``$AMR_SERVER`` set) is a client of a
 running `amr serve`: it runs here, on the standard library and amr's light
 modules alone (amr.client, amr.results), so a shell loop of queries pays
-Python's start-up and one HTTP request, not the 0.2 s of importing typer and
+Python's start-up and one HTTP request, not the 0.15 s of importing typer and
 the CLI. Only the options a client needs are read here (query texts, ``-``,
 ``--audio``, ``--top``, ``--format``, ``--explain``, ``--exact``,
 ``--all-segments``, ``--server``); any other argument, a value the CLI would
@@ -67,9 +67,7 @@ def client_query(args: list[str], environ: dict[str, str] | os._Environ[str]) ->
     servers = values.get("server") or ([environ[SERVER_ENV]] if environ.get(SERVER_ENV) else [])
     tops, formats = values.get("top", ["10"]), values.get("fmt", [])
     # an empty --server is no server, as the CLI takes it
-    if (
-        len(servers) != 1 or not servers[0] or len(tops) != 1 or len(formats) > 1 or not (texts or values.get("audio"))
-    ):  # an empty --server: none, as the CLI takes it
+    if len(servers) != 1 or not servers[0] or len(tops) != 1 or len(formats) > 1 or not (texts or values.get("audio")):
         return None
     if not tops[0].isdigit() or int(tops[0]) < 1 or (formats and formats[0] not in {f.value for f in Format}):
         return None

@@ -340,7 +340,7 @@ from amr.launch import main
 try:
     main()
 finally:
-    sys.stderr.write("loaded: " + " ".join(m for m in ("typer", "numpy", "amr.cli") if m in sys.modules) + "\\n")
+    sys.stderr.write("loaded: " + " ".join(m for m in ("typer", "numpy", "http.client", "amr.cli") if m in sys.modules) + "\\n")
 """
     environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
     return subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, timeout=300, env=environment)
@@ -355,7 +355,7 @@ finally:
     ],
 )
 def test_the_entry_point_answers_a_server_query_without_the_cli(args: list[str], server: str) -> None:
-    """`amr query --server` runs in amr.launch on the standard library: no typer, no numpy, the CLI's output and exit code."""
+    """`amr query --server` runs in amr.launch on the standard library (no typer, numpy, http.client): the CLI's output and exit code."""
     stdin = b'dog barking\n!!!\n{"id": "j", "text": "a cat"}\n'
     through_cli = runner.invoke(app, ["query", *args, "--server", server], input=stdin)
     done = launched(["query", *args], stdin, AMR_SERVER=server)
