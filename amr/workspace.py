@@ -1,8 +1,8 @@
 """Where stages leave their outputs so the next stage finds them without flags.
 
-``amr extract data/clotho`` writes ``<workspace>/caches/clotho.h5`` and records
-it as the latest cache; ``amr train`` reads the latest cache and records the
-latest checkpoint; ``amr index`` / ``amr query`` follow the same pointers. The
+``amr extract data/clotho`` writes ``<workspace>/caches/clotho.mn04_as.h5`` (dataset,
+audio model) and records it as the latest cache; ``amr train`` reads the latest
+cache and records the latest checkpoint; ``amr index`` / ``amr query`` follow the same pointers. The
 workspace is ``./amr-workspace`` unless ``--workspace`` or ``$AMR_WORKSPACE``
 says otherwise. Every stage also takes its inputs as explicit paths.
 """
