@@ -103,15 +103,23 @@ class CacheInfo:
         window, within = divmod(int(frame), self.frames_per_window)
         return window * self.window_seconds + within / self.frame_rate
 
-    def require_compatible(self, other: CacheInfo, what: str) -> None:
-        """Refuse to mix embeddings of different audio models (or weights)."""
+    def require_compatible(
+        self,
+        other: CacheInfo,
+        what: str,
+        expected: str = "not",
+        remedy: str = "extract it again with the same model or write to another file",
+    ) -> None:
+        """Refuse to mix embeddings of different audio models (or weights): the one
+        check of an audio model, for caches, indexes and checkpoints. ``what``
+        holds ``other``; ``expected`` introduces this model in the message."""
         mine = (self.audio_model, self.weights_sha256, self.embed_dim)
         theirs = (other.audio_model, other.weights_sha256, other.embed_dim)
         if mine != theirs:
             raise AmrError(
                 f"{what} holds embeddings of {other.audio_model} (weights sha256 {other.weights_sha256[:12]}, "
-                f"{other.embed_dim} dims), not {self.audio_model} ({self.weights_sha256[:12]}, {self.embed_dim} dims); "
-                "extract it again with the same model or write to another file"
+                f"{other.embed_dim} dims), {expected} {self.audio_model} ({self.weights_sha256[:12]}, {self.embed_dim} dims); "
+                f"{remedy}"
             )
 
 

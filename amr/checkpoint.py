@@ -389,13 +389,9 @@ class TrainedRetriever:
 
     def require_audio(self, cache: EmbeddingCache) -> None:
         """Refuse a cache of another audio model than the one trained with."""
-        mine, theirs = self.audio, cache.info
-        if (mine.audio_model, mine.weights_sha256, mine.embed_dim) != (theirs.audio_model, theirs.weights_sha256, theirs.embed_dim):
-            raise AmrError(
-                f"{cache.path}: holds embeddings of {theirs.audio_model} (weights sha256 {theirs.weights_sha256[:12]}, "
-                f"{theirs.embed_dim} dims), but {self.path} was trained on {mine.audio_model} "
-                f"({mine.weights_sha256[:12]}, {mine.embed_dim} dims); extract the collection with that model"
-            )
+        self.audio.require_compatible(
+            cache.info, f"{cache.path}:", f"but {self.path} was trained on", "extract the collection with that model"
+        )
 
 
 def load_checkpoint(path: Path, text: TextEncoder | None = None, device: torch.device | str = "cpu") -> TrainedRetriever:

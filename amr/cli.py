@@ -226,7 +226,7 @@ def extract(
         raise AmrError("--ray-address, --num-gpus and --actors need --engine ray")
     ray_engine = None
     if engine is ExtractEngine.ray:
-        from amr.ray_engine import RayEngine, RayOptions
+        from amr.extract.ray import RayEngine, RayOptions
 
         ray_engine = RayEngine(RayOptions(address=ray_address, actors=actors, num_gpus=num_gpus))
     ws = Workspace.resolve(workspace)

@@ -188,13 +188,17 @@ class ClipEmbedder:
         self.max_seconds = max_seconds
 
     @classmethod
-    def for_index(cls, index: _Indexed, weights_path: Path | None, max_seconds: float | None = None) -> ClipEmbedder:
-        """The audio model the index's caches were extracted with, refused if the weights found differ."""
-        return cls.for_collection(index.header.audio, index.path, weights_path, max_seconds)
+    def for_index(
+        cls, index: _Indexed, weights_path: Path | None, max_seconds: float | None = None, device: torch.device | str = "cpu"
+    ) -> ClipEmbedder:
+        """The audio model the index's caches were extracted with, on ``device``, refused if the weights found differ."""
+        return cls.for_collection(index.header.audio, index.path, weights_path, max_seconds, device)
 
     @classmethod
-    def for_collection(cls, info: CacheInfo, source: Path, weights_path: Path | None, max_seconds: float | None = None) -> ClipEmbedder:
-        """The audio model `info` records (of a cache or an index at `source`)."""
+    def for_collection(
+        cls, info: CacheInfo, source: Path, weights_path: Path | None, max_seconds: float | None = None, device: torch.device | str = "cpu"
+    ) -> ClipEmbedder:
+        """The audio model `info` records (of a cache or an index at `source`), its network on ``device``."""
         weights = resolve_weights(info.audio_model, weights_path)
         if weights.sha256 != info.weights_sha256:
             raise AmrError(
@@ -202,7 +206,7 @@ class ClipEmbedder:
                 f"{info.weights_sha256[:12]}, the weights found have {weights.sha256[:12]}; "
                 "pass the original weights file with --audio-weights"
             )
-        return cls(AudioEncoder.load(weights), max_seconds)
+        return cls(AudioEncoder.load(weights, device), max_seconds)
 
     def embed(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(T, C) float32 frames and tag probabilities of the clip."""

@@ -63,7 +63,7 @@ class Query:
 
 
 @dataclass
-class Failure:
+class ClipFailure:
     """A clip that could not be embedded, as `amr extract` reports it in
     ``<cache>.failures.jsonl``: ``kind`` is an amr.audio.AudioError kind, or
     ``unreadable`` (a file or folder that cannot be read, a name that cannot be stored)."""
@@ -85,7 +85,7 @@ class Dataset:
     root: Path
     items: list[Item]
     queries: list[Query] = field(default_factory=list)
-    unreadable: list[Failure] = field(default_factory=list)
+    unreadable: list[ClipFailure] = field(default_factory=list)
 
 
 def changed_on_disk(items: Iterable[Item]) -> tuple[int, int]:

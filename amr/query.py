@@ -87,7 +87,7 @@ class Searcher:
         if self.clip_embedder is None:
             from amr.encoder import ClipEmbedder
 
-            self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights, self.max_example_seconds)
+            self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights, self.max_example_seconds, self.device)
         return self.clip_embedder
 
     def moments(self) -> MomentRefiner:

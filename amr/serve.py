@@ -83,6 +83,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from amr.audio_formats import MEDIA_TYPES
 from amr.browse import Filters, Library
 from amr.config import MAX_EXAMPLE_SECONDS
 from amr.console import console, warn
@@ -100,19 +101,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 UPLOAD_LIMIT = 64 << 20  # bytes: about 6 minutes of 16-bit 44.1 kHz stereo WAV
 PAGE_LIMIT = 100  # results per page at most
-# What browsers expect; mimetypes would answer from the machine's /etc/mime.types (audio/x-wav, ...).
-AUDIO_TYPES = {
-    ".wav": "audio/wav",
-    ".wave": "audio/wav",
-    ".mp3": "audio/mpeg",
-    ".flac": "audio/flac",
-    ".ogg": "audio/ogg",
-    ".oga": "audio/ogg",
-    ".opus": "audio/ogg",
-    ".aif": "audio/aiff",
-    ".aiff": "audio/aiff",
-    ".m4a": "audio/mp4",
-}
 
 Offset = Annotated[int, Query(ge=0, description="Ranks skipped: the page starts at rank offset + 1.")]
 BATCH_TOP = 100_000  # results per query of a batch at most
@@ -289,7 +277,7 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
         if not path.is_file():
             raise HTTPException(404, f"the audio file of {id!r} is not on disk: {path}")
         suffix = path.suffix.lower()
-        media_type = AUDIO_TYPES.get(suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        media_type = MEDIA_TYPES.get(suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type)
 
     library = Library(searcher)

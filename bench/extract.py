@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 
 from amr.cache import EmbeddingCache  # noqa: E402
 from amr.datasets import load_dataset  # noqa: E402
-from amr.extract import available_cores  # noqa: E402
+from amr.extract.workers import available_cores  # noqa: E402
 from amr.items import Item  # noqa: E402
 
 SHARED = Path(os.environ.get("AMR_SHARED", REPO.parent / "shared"))
@@ -104,7 +104,7 @@ from pathlib import Path
 import ray
 import amr.extract
 from amr.datasets import load_dataset
-from amr.ray_engine import RayEngine, ray_session
+from amr.extract.ray import RayEngine, ray_session
 from amr.weights import resolve_weights
 items = load_dataset(Path(sys.argv[2]), allow_outside_root=True).items
 weights = resolve_weights("mn04_as")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amr.encoder import AudioEncoder
-from amr.extract import WindowBatcher
+from amr.extract.batching import WindowBatcher
 from amr.mobilenet import MobileNetV3
 from amr.weights import EFFICIENTAT_AUDIO
 

@@ -7,6 +7,7 @@ own BatchNorm layers, no masking) run on each exact window alone, at batch 1.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from amr.cache import CacheInfo
 from amr.encoder import MIN_WIDTH, AudioEncoder, ClipEmbedder
 from amr.errors import AmrError
 from amr.mobilenet import MobileNetV3
-from amr.weights import EFFICIENTAT_AUDIO
+from amr.weights import EFFICIENTAT_AUDIO, resolve_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest, and immune to a busy machine
 
@@ -136,3 +137,14 @@ def test_clip_embedder_refuses_other_weights(mn04_weights: Path, tmp_path: Path)
     info = CacheInfo("mn04_as", "0" * 64, 384, 527, RATE, AUDIO.frame_rate, AUDIO.window_seconds, 0)
     with pytest.raises(AmrError, match=r"index.h5: was built from mn04_as embeddings with weights sha256 000000000000"):
         ClipEmbedder.for_collection(info, tmp_path / "index.h5", mn04_weights)
+
+
+def test_clip_embedder_loads_the_encoder_on_the_device_asked_for(mn04_weights: Path, tmp_path: Path) -> None:
+    """Query by example's audio model runs on the --device given: "cpu:0" (not the default "cpu") reaches the encoder."""
+    weights = resolve_weights("mn04_as", mn04_weights)
+    info = CacheInfo("mn04_as", weights.sha256, 384, 527, RATE, AUDIO.frame_rate, AUDIO.window_seconds, 0)
+    index = SimpleNamespace(path=tmp_path / "index.h5", header=SimpleNamespace(audio=info))
+    assert ClipEmbedder.for_collection(info, index.path, mn04_weights).encoder.device == torch.device("cpu")
+    embedder = ClipEmbedder.for_index(index, mn04_weights, device="cpu:0")
+    assert embedder.encoder.device == torch.device("cpu:0") != torch.device("cpu")
+    assert {p.device for p in embedder.encoder.model.parameters()} == {torch.device("cpu")}

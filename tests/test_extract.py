@@ -224,7 +224,7 @@ def test_bad_audio_is_reported_by_name_and_the_run_goes_on(tmp_path: Path, mn04_
 
 def test_long_file_split_into_worker_segments(tmp_path: Path, weights, monkeypatch) -> None:
     """A clip longer than one worker segment is decoded in several tasks and reassembled in order."""
-    import amr.extract as extract_module
+    import amr.extract.decoding as extract_module
 
     path = tmp_path / "long.wav"
     rng = np.random.default_rng(1)
@@ -250,7 +250,7 @@ def test_cache_is_bit_identical_to_each_clip_embedded_alone(sounds: list[Item], 
     import torch
 
     from amr.encoder import AudioEncoder
-    from amr.extract import embed_items
+    from amr.extract.workers import embed_items
     from amr.segments import SegmentGrid
 
     long = tmp_path / "long 200 s.wav"
@@ -284,7 +284,7 @@ def test_cache_is_bit_identical_to_each_clip_embedded_alone(sounds: list[Item], 
 
 def test_available_cores_reads_the_cgroup_quota(tmp_path: Path) -> None:
     """A container's CPU quota caps the cores (rounded up), cgroup v2 and v1; none, or no cgroups, leaves the affinity mask."""
-    from amr.extract import _cpu_quota
+    from amr.extract.workers import _cpu_quota
 
     v2, v1 = tmp_path / "v2", tmp_path / "v1"
     (v2 / "box").mkdir(parents=True)
@@ -315,11 +315,11 @@ KILLABLE = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    import amr.extract
+    import amr.extract.workers
     from amr.datasets import load_dataset
     from amr.extract import extract
     from amr.weights import resolve_weights
-    amr.extract.MAX_WAIT_WINDOWS = 4  # few clips: let rare buckets run early, so that parts appear mid-run
+    amr.extract.workers.MAX_WAIT_WINDOWS = 4  # few clips: let rare buckets run early, so that parts appear mid-run
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
     extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=8)
     """
@@ -332,17 +332,17 @@ GATED = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import amr.extract
+    import amr.extract.run
     from amr.datasets import load_dataset
     from amr.weights import resolve_weights
-    embed_items, gate = amr.extract.embed_items, Path(sys.argv[5])
+    embed_items, gate = amr.extract.run.embed_items, Path(sys.argv[5])
 
     def gated(*args, **kwargs):
         while not gate.exists():
             time.sleep(0.05)
         yield from embed_items(*args, **kwargs)
 
-    amr.extract.embed_items = gated
+    amr.extract.run.embed_items = gated
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
     amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=8)
     """
@@ -487,7 +487,7 @@ def test_a_second_run_on_the_same_cache_stops_at_once(shared: Path, weights, tmp
 
 
 def test_parts_of_two_writers_never_collide(tmp_path: Path, sounds_cache: Path) -> None:
-    from amr.extract import PartWriter
+    from amr.extract.parts import PartWriter
 
     info = read_info(sounds_cache)
     with EmbeddingCache(sounds_cache) as cache:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import amr.extract
+import amr.extract.run
 from amr.audio import load_audio
 from amr.cache import ClipEmbedding, EmbeddingCache, Segment, read_info, write_cache
 from amr.datasets import load_dataset
@@ -219,10 +219,10 @@ STOPPED = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import amr.extract
+    import amr.extract.run
     from amr.datasets import load_dataset
     from amr.weights import resolve_weights
-    embed_items = amr.extract.embed_items
+    embed_items = amr.extract.run.embed_items
 
     def stopping(*args, **kwargs):
         for k, clip in enumerate(embed_items(*args, **kwargs)):
@@ -230,7 +230,7 @@ STOPPED = textwrap.dedent(
                 time.sleep(3600)
             yield clip
 
-    amr.extract.embed_items = stopping
+    amr.extract.run.embed_items = stopping
     items = load_dataset(Path(sys.argv[1]), layout="folder").items
     amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=1)
     """
@@ -278,13 +278,13 @@ def test_a_rerun_computes_only_new_and_changed_files_and_drops_deleted_ones(soun
     shutil.copyfile(sounds / "esc50-2-104168-A-32.wav", root / "keyboard.wav")
     recording(root / "field" / "street.wav", sounds, STREET, seed=1)
     embedded: list[str] = []
-    embed_items = amr.extract.embed_items
+    embed_items = amr.extract.run.embed_items
 
     def recorded(items, *args, **kwargs):
         embedded.extend(item.id for item in items)
         yield from embed_items(items, *args, **kwargs)
 
-    monkeypatch.setattr(amr.extract, "embed_items", recorded)
+    monkeypatch.setattr(amr.extract.run, "embed_items", recorded)
     out = tmp_path / "sounds.h5"
 
     def run() -> amr.extract.ExtractReport:

@@ -129,6 +129,21 @@ def test_query_by_example_ranks_by_audio_alone(searcher: Searcher, tmp_path: Pat
     assert outcomes[3].id == "dog"
 
 
+def test_query_by_example_loads_the_audio_model_on_the_searchers_device(searcher: Searcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device reaches the audio model of a query by example (ClipEmbedder.for_index), not only the text side."""
+    from amr.encoder import ClipEmbedder
+
+    asked: list[object] = []
+
+    def for_index(cls, index, weights_path, max_seconds=None, device="cpu"):
+        asked.append(device)
+        return "the embedder"
+
+    monkeypatch.setattr(ClipEmbedder, "for_index", classmethod(for_index))
+    searcher.device = "cpu:0"
+    assert searcher.embedder() == "the embedder" and asked == ["cpu:0"]
+
+
 def test_a_searcher_refuses_a_checkpoint_the_index_was_not_built_with(searcher: Searcher, checkpoints: Path) -> None:
     with pytest.raises(AmrError, match=r"built with checkpoint .*a\.ckpt .*not checkpoint .*b\.ckpt"):
         open_searcher(searcher.index.path, checkpoint=checkpoints / "b.ckpt")

@@ -19,13 +19,13 @@ import pytest
 import soundfile as sf
 from test_extract import write_bad_audio  # the awkward files of the local engine's test
 
-import amr.extract
+import amr.extract.decoding
 from amr.cache import EmbeddingCache
 from amr.datasets import load_dataset
 from amr.errors import AmrError
 from amr.extract import ExtractReport, extract, failures_path, parts_folder
+from amr.extract.ray import RayEngine, RayOptions, _require_reachable
 from amr.items import Item
-from amr.ray_engine import RayEngine, RayOptions, _require_reachable
 from amr.weights import ResolvedWeights, resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_failures_and_long_files_as_the_local_engine(ray_cluster, weights, tmp_p
     assert_same_cache(local, ray)
     with EmbeddingCache(ray) as cache:
         long = cache.index_of("long 190 s.wav")
-        assert cache.lengths[long] == 19 * 32 > amr.extract.SEGMENT_WINDOWS * 32
+        assert cache.lengths[long] == 19 * 32 > amr.extract.decoding.SEGMENT_WINDOWS * 32
         assert len(cache.segments(long)) > 1
 
 
@@ -109,11 +109,11 @@ KILLABLE = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    import amr.extract, amr.ray_engine
+    import amr.extract, amr.extract.ray
     from amr.datasets import load_dataset
-    from amr.ray_engine import RayEngine
+    from amr.extract.ray import RayEngine
     from amr.weights import resolve_weights
-    amr.ray_engine.CLIPS_PER_BLOCK = amr.ray_engine.BATCH_WINDOWS = 2  # results trickle back, so parts appear mid-run
+    amr.extract.ray.CLIPS_PER_BLOCK = amr.extract.ray.BATCH_WINDOWS = 2  # results trickle back, so parts appear mid-run
     engine = RayEngine()  # starts its own local cluster
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
     amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), progress=False, part_size=4, engine=engine)
@@ -184,7 +184,7 @@ JOINING = textwrap.dedent(
     from pathlib import Path
     import amr.extract
     from amr.datasets import load_dataset
-    from amr.ray_engine import RayEngine, RayOptions
+    from amr.extract.ray import RayEngine, RayOptions
     from amr.weights import resolve_weights
     engine = RayEngine(RayOptions(address=sys.argv[5]))
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]

@@ -16,13 +16,13 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amr.audio_formats import DATASET_SUFFIXES
 from amr.errors import AmrError
 from amr.items import SPLITS, Item
 
 from .common import FolderListings, Problems, ReadOptions, RowError, read_csv
 
 CSV_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 CLASS_LABELS = "class_labels_indices.csv"
 SEGMENT_FILES = ("balanced_train_segments.csv", "unbalanced_train_segments.csv", "eval_segments.csv")
 
@@ -57,7 +57,7 @@ def read_items(root: Path, options: ReadOptions) -> list[Item]:
             problems.report(
                 clip.where,
                 f"no audio for youtube_id {youtube_id!r} (looked for {youtube_id} or Y{youtube_id} "
-                f"with {'/'.join(AUDIO_EXTENSIONS)} in {finder.describe(clip.split)})",
+                f"with {'/'.join(DATASET_SUFFIXES)} in {finder.describe(clip.split)})",
             )
             continue
         metadata: dict[str, str | list[str]] = {"tags": tags[youtube_id]} if tags.get(youtube_id) else {}
@@ -104,7 +104,7 @@ class _AudioFinder:
         for folder in self.folders(split):
             names = self._listings.names(folder)
             for stem in (youtube_id, f"Y{youtube_id}"):
-                for extension in AUDIO_EXTENSIONS:
+                for extension in DATASET_SUFFIXES:
                     if stem + extension in names:
                         return folder / (stem + extension)
         return None

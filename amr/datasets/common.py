@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from amr.console import console, warn
 from amr.errors import AmrError
-from amr.items import METADATA_FIELDS, SPLITS, Failure
+from amr.items import METADATA_FIELDS, SPLITS, ClipFailure
 
 T = TypeVar("T")
 SkipHandler = Callable[[str], None]
@@ -66,7 +66,7 @@ class Problems:
     def __init__(self, lenient: bool = False, on_skip: SkipHandler | None = None) -> None:
         self.lenient = lenient
         self.on_skip = on_skip or warn_skipped
-        self.unreadable: list[Failure] = []  # files that could not become items (Dataset.unreadable)
+        self.unreadable: list[ClipFailure] = []  # files that could not become items (Dataset.unreadable)
 
     def report(self, where: str, what: str) -> None:
         message = f"{where}: {what}"
@@ -77,7 +77,7 @@ class Problems:
     def unreadable_file(self, item_id: str, path: str, kind: str, problem: str) -> None:
         """A file of a plain folder that cannot become an item (in strict mode
         too): recorded for the failures report of `amr extract`, not raised."""
-        self.unreadable.append(Failure(item_id, path, kind, f"{path}: {problem}"))
+        self.unreadable.append(ClipFailure(item_id, path, kind, f"{path}: {problem}"))
 
     def attempt(self, where: str, parse: Callable[..., T], *args: Any) -> T | None:
         """``parse(*args)``, or None after reporting its RowError at ``where``."""

@@ -3,8 +3,9 @@ library as people keep one. Its metadata comes from the file and folder names
 and the tags embedded in the files (`amr.datasets.tags`).
 
 Files: every file under the root, recursively, whose suffix (any case) is one
-of AUDIO_SUFFIXES or OTHER_AUDIO_SUFFIXES, in order of id. Names starting with
-``.`` (hidden files and folders, macOS ``._`` companions) are left out.
+of amr.audio_formats' DECODABLE_SUFFIXES or UNDECODABLE_SUFFIXES, in order of
+id. Names starting with ``.`` (hidden files and folders, macOS ``._``
+companions) are left out.
 Symbolic links are followed, each folder once by its real path, so a link
 loop, or a link to a folder above the root, is not walked again. A link that
 leads outside the root (to a file or a folder) is left out, with a line
@@ -55,16 +56,13 @@ from pathlib import Path
 
 import soundfile as sf
 
+from amr.audio_formats import DECODABLE_SUFFIXES, UNDECODABLE_SUFFIXES
 from amr.console import warn
 from amr.items import Item
 from amr.ucs import parse_name
 
 from .common import SPLIT_SYNONYMS, Problems, ReadOptions, encodable
 from .tags import TagError, read_tags, usable
-
-AUDIO_SUFFIXES = (".wav", ".wave", ".bwf", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc")
-# Audio that libsndfile (1.2) does not decode: listed so that such files are reported, not silently passed over.
-OTHER_AUDIO_SUFFIXES = (".m4a", ".mp4", ".aac", ".wma", ".ape", ".wv")
 
 # Counters people and tools append to a name, removed from its end one at a time.
 _COUNTERS = (
@@ -146,7 +144,7 @@ def _candidates(root: Path, problems: Problems | None, follow_outside_links: boo
             problems.on_skip(f"{root / path}: a link to {real}, outside the library; left out (--follow-outside-links follows it)")
         return True
 
-    suffixes = AUDIO_SUFFIXES + OTHER_AUDIO_SUFFIXES
+    suffixes = DECODABLE_SUFFIXES + UNDECODABLE_SUFFIXES
     root_real = Path(os.path.realpath(root))
     visited: set[Path] = set()
     pending = [""]
@@ -197,7 +195,7 @@ def _decodable(root: Path, relative: str, problems: Problems) -> bool:
             return False
         sf.info(str(path))
     except sf.SoundFileError as e:
-        if path.suffix.lower() in OTHER_AUDIO_SUFFIXES:
+        if path.suffix.lower() in UNDECODABLE_SUFFIXES:
             reason = f"{path.suffix} cannot be decoded (amr reads WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF); convert it, e.g. to FLAC"
         else:
             reason = f"not audio the decoder can read ({getattr(e, 'error_string', None) or e}); left out"

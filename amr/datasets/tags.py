@@ -54,10 +54,9 @@ from mutagen.id3 import ID3
 from mutagen.mp3 import MP3
 from mutagen.wave import WAVE
 
-from .common import decode_guess, encodable
+from amr.audio_formats import AIFF_SUFFIXES, RIFF_SUFFIXES
 
-RIFF_SUFFIXES = (".wav", ".wave", ".bwf")
-AIFF_SUFFIXES = (".aif", ".aiff", ".aifc")
+from .common import decode_guess, encodable
 
 _KEYWORD_SEPARATORS = re.compile(r"[;,]")
 _NUMERIC_GENRE = re.compile(r"\(\d+\)")  # ID3v2.3 "(17)Rock": the code adds nothing to the word

@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from amr.audio_formats import DATASET_SUFFIXES
 from amr.errors import AmrError
 from amr.items import Item
 
@@ -39,7 +40,7 @@ from .common import FolderListings, ReadOptions, RowError, json_type, read_text,
 
 JSON_FOLDER = "json_files"
 EXCLUDED = "blacklist"
-AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")
+AUDIO_EXTENSIONS = (".flac", *(s for s in DATASET_SUFFIXES if s != ".flac"))  # its audio is FLAC: looked for first
 AUDIO_FOLDERS = ("{source}_flac", "{source}", "audio/{source}", "waveforms/{source}")
 
 

@@ -5,7 +5,7 @@ A Ray Data pipeline in three stages:
 * the items become a dataset of (clip number, audio path) rows, CLIPS_PER_BLOCK per block;
 * a CPU map stage (`flat_map`, Ray tasks of one CPU, one torch thread) decodes,
   resamples and computes the log-mel of each clip in segments, exactly as the
-  local engine's workers do (`amr.extract.decode_segment`), and emits one row
+  local engine's workers do (`amr.extract.decoding.decode_segment`), and emits one row
   per log-mel window (with its augmented views), or one failure row for a clip
   that cannot be decoded;
 * an actor pool (`map_batches` with a callable class; CPU actors of one thread,
@@ -16,7 +16,7 @@ A Ray Data pipeline in three stages:
   machine and thread count (see amr.encoder).
 
 The driver reassembles each clip from its windows as they stream back (any
-order, any actor) with the local engine's `amr.extract.assemble`, which computes
+order, any actor) with the local engine's `amr.extract.clips.assemble`, which computes
 its tags with the same `AudioEncoder.tags`, and yields it; `amr.extract.extract`
 writes the clips as the same part files, so resume after a kill, the failures
 report and the merge are the local engine's.
@@ -44,8 +44,10 @@ from amr.audio import MelFrontEnd
 from amr.cache import ClipEmbedding
 from amr.encoder import AudioEncoder
 from amr.errors import AmrError
-from amr.extract import Failure, assemble, available_cores, decode_segment
-from amr.items import Item
+from amr.extract.clips import assemble
+from amr.extract.decoding import decode_segment
+from amr.extract.workers import available_cores
+from amr.items import ClipFailure, Item
 from amr.mobilenet import MobileNetV3
 from amr.segments import SegmentGrid
 from amr.weights import AudioSettings, MelSettings
@@ -67,7 +69,7 @@ class RayOptions:
 
 class RayEngine:
     """`amr.extract`'s engine on Ray: called with the clips to embed, yields each
-    clip's ClipEmbedding (or Failure) as it completes. Refuses at once, with the
+    clip's ClipEmbedding (or ClipFailure) as it completes. Refuses at once, with the
     install line, where Ray is missing."""
 
     def __init__(self, options: RayOptions = RayOptions()):
@@ -76,7 +78,7 @@ class RayEngine:
 
     def __call__(
         self, items: Sequence[Item], encoder: AudioEncoder, augment_views: int = 0, seed: int = 0, segments: SegmentGrid = SegmentGrid()
-    ) -> Iterator[ClipEmbedding | Failure]:
+    ) -> Iterator[ClipEmbedding | ClipFailure]:
         """Each clip's embedding (with its segments' tags on the grid `segments`), or its failure, as it completes."""
         with ray_session(self.options.address):
             rows = self._pipeline(items, encoder, augment_views, seed).iter_rows()
