@@ -1,15 +1,19 @@
-"""AudioSet's class names as the tagger's 527 outputs name them, and a clip's most
-probable classes (importing numpy only when ranking them)."""
+"""AudioSet's class names as the tagger's 527 outputs name them, a clip's most
+probable classes (importing numpy only when ranking them), and those classes
+as the keywords of an item without metadata (``--auto-tags``)."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from amr.items import Item
 
 NUM_CLASSES = 527
 CLASSES_CSV = Path(__file__).parent / "resources" / "audioset_classes.csv"  # index,mid,display_name
@@ -41,3 +45,12 @@ def top_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
     import numpy as np
 
     return np.argsort(-np.asarray(probabilities), axis=1, kind="stable")[:, :k]
+
+
+def with_machine_tags(item: Item, tag_probabilities: np.ndarray, k: int) -> Item:
+    """The item, with its clip's k most probable AudioSet classes as keywords
+    when it has no metadata of its own (documented, off by default): what
+    every retriever's ``auto_tags`` K does."""
+    if item.metadata or k <= 0:
+        return item
+    return replace(item, metadata={"keywords": [name for name, _ in top_tags(tag_probabilities, k)]})

@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from amr import __version__
-from amr.audioset import top_tags
+from amr.audioset import with_machine_tags
 from amr.cache import CacheInfo, EmbeddingCache, Segment
 from amr.config import TrainConfig
 from amr.errors import AmrError
@@ -341,9 +341,7 @@ class TrainedRetriever:
         indices = list(indices)
         metadata = None
         if config.uses_metadata:
-            metadata = [item_metadata(cache.items[i], config.metadata) for i in indices]
-            if auto_tags:
-                metadata = [m if m is not None else _auto_tags(cache, i, auto_tags) for m, i in zip(metadata, indices)]
+            metadata = [item_metadata(with_machine_tags(cache.items[i], cache.tags[i], auto_tags), config.metadata) for i in indices]
         return self.encode_items_with_metadata(cache, indices, metadata)
 
     def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
@@ -355,10 +353,7 @@ class TrainedRetriever:
         config = self.model.config
         metadata = None
         if config.uses_metadata:
-            text = item_metadata(cache.items[index], config.metadata)
-            if text is None and auto_tags:
-                text = _auto_tags(cache, index, auto_tags)
-            metadata = [text] * len(segments)
+            metadata = [item_metadata(with_machine_tags(cache.items[index], cache.tags[index], auto_tags), config.metadata)] * len(segments)
         sequence = cache.sequence(index)
         sequences = [sequence[s.start : s.end] for s in segments] if config.uses_audio else None
         return self.model.encode_items(sequences, np.stack([s.tags for s in segments]), metadata)
@@ -407,10 +402,6 @@ def load_checkpoint(path: Path, text: TextEncoder | None = None, device: torch.d
     load_model_tensors(model, tensors, path / MODEL)
     model.to(device).eval()
     return TrainedRetriever(path, model, audio_info(config, path), fingerprint(path), configuration(config))
-
-
-def _auto_tags(cache: EmbeddingCache, i: int, k: int) -> str:
-    return " ".join(name for name, _ in top_tags(cache.tags[i], k))
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

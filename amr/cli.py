@@ -364,7 +364,6 @@ def train(
 
     Prints a JSON summary on stdout: checkpoint, best epoch, best validation mAP@10."""
     from amr.devices import resolve_device
-    from amr.train import resume_configs
     from amr.train import train as run_train
 
     ws = Workspace.resolve(workspace)
@@ -399,13 +398,13 @@ def train(
         interpolation=interpolation,
         seed=seed,
     )
+    given = None  # on --resume, the options set on the command line: the rest are the run's own
     if resume:
         given = {name for name in ctx.params if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
-        model_config, training = resume_configs(output, model_config, training, given)
     elif not caches:
         training = TrainConfig(**{**training.__dict__, "caches": (str(ws.latest("cache").resolve()),)})
     output = output or ws.new_checkpoint_path(model_config.fusion.value)
-    result = run_train(output, model_config, training, resume=resume, device=resolve_device(device.value))
+    result = run_train(output, model_config, training, resume=resume, device=resolve_device(device.value), given=given)
     ws.set_latest("checkpoint", output)
     _emit(result.summary())
 

@@ -133,10 +133,14 @@ class TrainConfig:
     """How to train (the checkpoint stores it; a resumed run must match it).
 
     Defaults: the paper's batch 32, 25 epochs, one warm-up epoch and NT-Xent
-    temperature 0.05; learning rate 5e-4 for the new layers, trained from
-    scratch (better than 1e-4, 2e-4 and 1e-3 on sfx-dev's val split), and
-    2e-5 for the pretrained text encoder (the usual BERT fine-tuning rate);
-    no metadata dropout.
+    temperature 0.05; learning rate 5e-4 for the new layers (better than
+    1e-4, 2e-4 and 1e-3 on sfx-dev's val split), and 2e-5 for the pretrained
+    text encoder (the usual BERT fine-tuning rate); weight decay 0.01 on the
+    new layers, toward the zero-shot start when the model starts there
+    (ModelConfig.init's default); metadata dropout 0.15 (that share of the
+    pairs trains without its metadata, the case of items that have none); the
+    kept model halfway between the start and the trained weights
+    (``interpolation`` 0.5, see amr.train).
     """
 
     caches: tuple[str, ...] = ()

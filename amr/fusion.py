@@ -1,9 +1,10 @@
-"""The fusion modes, as one enum shared by the CLI, the model, checkpoints,
-indexes, evaluation and the benchmarks.
+"""The fusion modes and where a trained model starts (Init): light enums that
+the options (amr.config), the CLI, the model, checkpoints, retrievers,
+indexes and evaluation share.
 
-A fusion mode says which sources an item vector is made of and how they
-meet; amr.heads implements each one. Adding a mode means a member here, a
-head in amr.heads, and a test.
+A fusion mode says which sources an item vector is made of; how they meet,
+and which tokens it adds to the audio transformer, is its head's (amr.heads).
+Adding a mode means a member here, a head in amr.heads, and a test.
 """
 
 from __future__ import annotations

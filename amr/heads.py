@@ -133,6 +133,7 @@ class Head(nn.Module):
     and the rule for items without metadata."""
 
     fusion: Fusion
+    extra_tokens = 0  # tokens the head adds to the audio transformer's input, after the global token
 
     def __init__(self, width: int, text_dim: int, num_classes: int, from_zero_shot: bool):
         super().__init__()
@@ -258,6 +259,7 @@ class Mid(Head):
     """The metadata as a token of the audio transformer (see the module docstring)."""
 
     fusion = Fusion.mid
+    extra_tokens = 1  # the metadata token
 
     def __init__(self, width: int, text_dim: int, num_classes: int, from_zero_shot: bool):
         super().__init__(width, text_dim, num_classes, from_zero_shot)

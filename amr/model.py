@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from amr.config import CAPTIONS, ModelConfig
 from amr.devices import eval_mode
-from amr.fusion import Fusion, Init
+from amr.fusion import Init
 from amr.heads import HEADS, AudioBatch, MetadataBatch
 from amr.items import Item, metadata_text
 from amr.text import TextEncoder
@@ -136,8 +136,7 @@ class RetrievalModel(nn.Module):
 
     def __init__(self, config: ModelConfig, text: TextEncoder):
         super().__init__()
-        if not config.text_pooling:
-            config = replace(config, text_pooling=text.native_pooling)
+        config = replace(config, text_pooling=text.resolve_pooling(config.text_pooling))
         self.config = config
         self.text = text
         # Registered only when separate, so that a shared encoder's weights
@@ -145,7 +144,7 @@ class RetrievalModel(nn.Module):
         self.separate_text = copy.deepcopy(text) if config.separate_text_encoders else None
         self._memo: dict[str, Tensor] = {}
         if config.uses_audio:
-            self.audio = AudioTower(config, extra_tokens=1 if config.fusion is Fusion.mid else 0)
+            self.audio = AudioTower(config, extra_tokens=HEADS[config.fusion].extra_tokens)
         self.head = HEADS[config.fusion](config.width, text.dim, config.num_classes, config.init is Init.zero_shot)
 
     @property

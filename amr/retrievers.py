@@ -41,11 +41,20 @@ class Retriever(Protocol):
     configuration: str  # identifies its options except the seed: runs of one configuration share it
     parts: list[tuple[str, int]]  # (name, dim) of each part of the vectors
     spec: dict[str, Any]
+    # An item's metadata is one of its captions (Clotho's full-sentence setting): its
+    # own caption must not be its metadata when that caption is the query (amr.evaluate).
+    captions_as_metadata: bool
 
     def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
         """(n, dim) float32 item vectors; items without metadata get valid (audio-only) vectors.
         ``auto_tags`` K > 0: an item without metadata gets its clip's K most probable AudioSet
         classes as keywords instead."""
+        ...
+
+    def encode_items_with_metadata(self, cache: EmbeddingCache, indices: Sequence[int], metadata: list[str | None] | None) -> np.ndarray:
+        """(n, dim) float32 vectors of the cache's items ``indices`` with the metadata
+        texts given instead of their own (None: no metadata; the list None: a model
+        that uses none)."""
         ...
 
     def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:

@@ -196,6 +196,12 @@ class TextEncoder(torch.nn.Module):
         plain BERT checkpoint has none and is pooled by its [CLS] output."""
         return native_pooling(Path(self.source))
 
+    def resolve_pooling(self, asked: str = "") -> Pooling:
+        """The pooling a model built on this encoder uses: ``asked`` ("cls" or
+        "mean"), or the encoder's own (`native_pooling`) when it is "" (the
+        default of ModelConfig and ZeroShotConfig)."""
+        return asked or self.native_pooling
+
     def forward(self, tokens: dict[str, Tensor], pooling: Pooling = "cls") -> Tensor:
         """(B, dim) embeddings: the [CLS] output, or the mean over real tokens
         (the pooling sentence-transformers models such as MiniLM are trained with)."""

@@ -6,9 +6,9 @@ the class-name embeddings weighted by the clip's tag probabilities (the
 label–text bridge), so it lives in the text encoder's space, where queries
 and metadata live. The *metadata vector* is the same encoder on the item's
 metadata text. Items are ranked by cos(q, α·a + β·m), with a, m and q unit
-vectors (sentence-transformers mean pooling, which this mode needs: the
-default all-MiniLM-L6-v2 is trained for it); items without metadata fall back
-to their audio vector alone.
+vectors (the text model pooled as it was trained, `TextEncoder.resolve_pooling`:
+mean for sentence-transformers models such as the default all-MiniLM-L6-v2);
+items without metadata fall back to their audio vector alone.
 
 As for every retriever, the item vector is a concatenation of an audio and a
 metadata segment, [α·a; β·m] / |α·a + β·m|, and the query vector is [q; q],
@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from amr.audioset import audioset_class_names, top_tags
+from amr.audioset import audioset_class_names, with_machine_tags
 from amr.cache import EmbeddingCache, Segment
 from amr.config import ZeroShotConfig
 from amr.errors import AmrError
@@ -41,11 +41,12 @@ class ZeroShotRetriever:
     """A Retriever (see amr.retrievers) that needs no checkpoint."""
 
     kind = "zero-shot"
+    captions_as_metadata = False  # its metadata are the items' metadata fields
 
     def __init__(self, config: ZeroShotConfig | None = None, text: TextEncoder | None = None):
         self.config = config or ZeroShotConfig()
         self.text = text or TextEncoder(self.config.text_model)
-        self.pooling = self.config.text_pooling or self.text.native_pooling
+        self.pooling = self.text.resolve_pooling(self.config.text_pooling)
         self.fusion = self.config.fusion
         self.parts = [("audio", self.text.dim), ("metadata", self.text.dim)]
 
@@ -55,7 +56,7 @@ class ZeroShotRetriever:
 
     @staticmethod
     def spec_of(config: ZeroShotConfig) -> dict[str, Any]:
-        """What load_zero_shot (through amr.index.load_retriever) rebuilds it from."""
+        """What load_zero_shot (through amr.retrievers.load_retriever) rebuilds it from."""
         return {"kind": "zero-shot", **asdict(config), "metadata_fields": list(config.metadata_fields)}
 
     @cached_property
@@ -84,9 +85,12 @@ class ZeroShotRetriever:
 
     def metadata_vectors(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
         """(n, dim) unit metadata vectors (zero rows for items without metadata) and the has-metadata mask."""
-        texts = [metadata_text(item, self.config.metadata_fields) for item in items]
+        return self.text_vectors([metadata_text(item, self.config.metadata_fields) for item in items])
+
+    def text_vectors(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) unit vectors of metadata texts (zero rows for None) and the mask of the texts present."""
         present = np.array([t is not None for t in texts])
-        vectors = np.zeros((len(items), self.text.dim), np.float32)
+        vectors = np.zeros((len(texts), self.text.dim), np.float32)
         if present.any():
             vectors[present] = self.text.encode([t for t in texts if t is not None], pooling=self.pooling, normalize=True)
         return vectors, present
@@ -99,9 +103,14 @@ class ZeroShotRetriever:
         return np.concatenate([a, m], axis=1) / np.maximum(norm, 1e-12)
 
     def encode_items(self, cache: EmbeddingCache, indices: Sequence[int], auto_tags: int = 0) -> np.ndarray:
-        items = [with_machine_tags(cache.items[i], cache.tags[i], auto_tags) for i in indices]
-        metadata, _ = self.metadata_vectors(items)
-        return self.fuse(self.audio_vectors(cache.tags[list(indices)]), metadata)
+        fields = self.config.metadata_fields
+        texts = [metadata_text(with_machine_tags(cache.items[i], cache.tags[i], auto_tags), fields) for i in indices]
+        return self.encode_items_with_metadata(cache, indices, texts)
+
+    def encode_items_with_metadata(self, cache: EmbeddingCache, indices: Sequence[int], metadata: list[str | None] | None) -> np.ndarray:
+        """Vectors of the cache's items ``indices`` with the metadata texts given (None: no metadata)."""
+        vectors, _ = self.text_vectors(metadata if metadata is not None else [None] * len(indices))
+        return self.fuse(self.audio_vectors(cache.tags[list(indices)]), vectors)
 
     def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
         return self.encode_spans(cache, index, cache.segments(index), auto_tags)
@@ -145,14 +154,6 @@ def zero_shot_variants(ablate: bool, device: torch.device | str = "cpu") -> list
             ("zero-shot metadata only", ZeroShotRetriever(ZeroShotConfig(audio_weight=0.0), fused.text)),
         ]
     return variants
-
-
-def with_machine_tags(item: Item, tag_probabilities: np.ndarray, k: int) -> Item:
-    """The item, with its clip's k most probable AudioSet classes as keywords
-    when it has no metadata of its own (documented, off by default)."""
-    if item.metadata or k <= 0:
-        return item
-    return replace(item, metadata={"keywords": [name for name, _ in top_tags(tag_probabilities, k)]})
 
 
 def load_zero_shot(spec: dict[str, Any], device: torch.device | str = "cpu") -> ZeroShotRetriever:

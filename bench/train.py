@@ -41,9 +41,10 @@ import numpy as np
 import torch
 
 from amr.cache import CacheInfo, ClipEmbedding, write_cache
+from amr.config import TrainConfig
 from amr.items import Item
 from amr.model import ModelConfig
-from amr.train import TrainConfig, train
+from amr.train import train
 
 CLOTHO_TRAIN_CLIPS = 3839
 CLOTHO_VAL_CLIPS = 1045

@@ -48,6 +48,7 @@ class FakeRetriever:
     Fakes of one fusion (and kind "trained") share a configuration: the shift plays the seed."""
 
     parts = [("audio", SLOTS)]
+    captions_as_metadata = False
 
     def __init__(self, shift: int = 0, fusion: str = "none", kind: str = "trained"):
         self.shift, self.fusion, self.kind = shift, Fusion(fusion), kind
@@ -57,6 +58,18 @@ class FakeRetriever:
 
     def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
         return np.stack([cache.sequence(i).mean(0) for i in indices])
+
+    def encode_items_with_metadata(self, cache: EmbeddingCache, indices, metadata) -> np.ndarray:
+        return self.encode_items(cache, indices)  # audio only: no metadata to replace
+
+    def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
+        return self.encode_spans(cache, index, cache.segments(index), auto_tags)
+
+    def encode_spans(self, cache: EmbeddingCache, index: int, segments, auto_tags: int = 0) -> np.ndarray:
+        return self.encode_examples([cache.sequence(index)[s.start : s.end] for s in segments], None)
+
+    def encode_examples(self, sequences: list[np.ndarray], tags) -> np.ndarray:
+        return np.stack([s.mean(0) for s in sequences])
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), SLOTS), np.float32)

@@ -47,6 +47,7 @@ class FakeRetriever:
     kind = "fake"
     fusion = Fusion.late
     parts = [("audio", D), ("metadata", D)]
+    captions_as_metadata = False
 
     def __init__(self, fingerprint: str = "fake-1", spec: dict | None = None):
         self.fingerprint = fingerprint
@@ -59,17 +60,34 @@ class FakeRetriever:
         a = sequence.mean(0) @ self.projection
         return a / np.linalg.norm(a)
 
+    def item(self, sequence: np.ndarray, text: str | None) -> np.ndarray:
+        a = self.audio(sequence)
+        m = words(text) if text else np.zeros(D, np.float32)
+        return np.concatenate([a, m]) / np.linalg.norm(a + m)
+
+    def metadata(self, cache: EmbeddingCache, i: int, auto_tags: int) -> str | None:
+        text = metadata_text(cache.items[i])
+        if text is None and auto_tags:
+            text = " ".join(audioset_class_names()[c] for c in np.argsort(-cache.tags[i])[:auto_tags])
+        return text
+
     def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
         out = []
         for i in indices:
-            a = self.audio(cache.sequence(i))
-            text = metadata_text(cache.items[i])
-            if text is None and auto_tags:
-                text = " ".join(audioset_class_names()[c] for c in np.argsort(-cache.tags[i])[:auto_tags])
-            m = words(text) if text else np.zeros(D, np.float32)
-            out.append(np.concatenate([a, m]) / np.linalg.norm(a + m))
+            out.append(self.item(cache.sequence(i), self.metadata(cache, i, auto_tags)))
             self.encoded.append(cache.items[i].id)
         return np.stack(out)
+
+    def encode_items_with_metadata(self, cache: EmbeddingCache, indices, metadata) -> np.ndarray:
+        texts = metadata if metadata is not None else [None] * len(indices)
+        return np.stack([self.item(cache.sequence(i), text) for i, text in zip(indices, texts)])
+
+    def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
+        return self.encode_spans(cache, index, cache.segments(index), auto_tags)
+
+    def encode_spans(self, cache: EmbeddingCache, index: int, segments, auto_tags: int = 0) -> np.ndarray:
+        sequence, text = cache.sequence(index), self.metadata(cache, index, auto_tags)
+        return np.stack([self.item(sequence[s.start : s.end], text) for s in segments])
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         q = np.stack([words(t) for t in texts])

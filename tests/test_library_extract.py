@@ -429,7 +429,7 @@ def test_a_trained_model_encodes_segments_and_evaluate_ranks_a_recording_by_its_
     from amr.evaluate import evaluate_models
     from amr.items import Query, write_jsonl
     from amr.model import ModelConfig, RetrievalModel
-    from amr.train import _complete, _zero_shot_start
+    from amr.train.loop import _complete, _zero_shot_start
     from amr.zeroshot import ZeroShotRetriever
 
     zero_shot = ZeroShotRetriever(text=text_encoder)

@@ -27,15 +27,16 @@ from test_index import make_cache as make_library
 from test_train import configs, synthetic_cache
 from typer.testing import CliRunner
 
-from amr import train as train_module
 from amr.checkpoint import load_checkpoint
 from amr.cli import app
+from amr.config import TrainConfig
 from amr.errors import AmrError
 from amr.files import exclusive
 from amr.index import Index, open_index, search
 from amr.indexing import build_index
 from amr.text import TextEncoder
-from amr.train import TrainConfig, train
+from amr.train import loop as train_module
+from amr.train import train
 from amr.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

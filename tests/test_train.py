@@ -13,14 +13,17 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from amr import checkpoint
-from amr import train as train_module
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.checkpoint import load_checkpoint
 from amr.cli import app
+from amr.config import TrainConfig
 from amr.errors import AmrError
 from amr.items import Item
 from amr.model import ModelConfig
-from amr.train import TrainConfig, _load_source, _plan_epoch, _training_pairs, _validation_metadata, train
+from amr.train import loop as train_module
+from amr.train import train
+from amr.train.data import _load_source, _plan_epoch, _training_pairs
+from amr.train.validation import _validation_metadata
 
 WORDS = ["dog", "rain", "car", "bird", "door", "water", "engine", "bell"]
 DIM = 12
@@ -256,7 +259,7 @@ def test_before_the_first_step_the_model_scores_exactly_as_zero_shot(fusion: str
     ranks every caption query exactly as `amr index --zero-shot` does."""
     from amr.checkpoint import TrainedRetriever
     from amr.model import RetrievalModel
-    from amr.train import _complete, _zero_shot_start
+    from amr.train.loop import _complete, _zero_shot_start
     from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
     weights = {"none": (1.0, 0.0), "metadata": (0.0, 1.0)}.get(fusion, (1.0, 1.0))

@@ -1,37 +1,15 @@
-"""`amr train`: fit the retrieval model on (caption, clip) pairs of cached embeddings.
+"""The training loop: a run from its options to a checkpoint (see amr.train).
 
-Protocol (Primus & Widmer 2024): every caption of every train-split clip is a
-training pair; the loss is NT-Xent over the batch (other captions of the same
-clip are masked, not negatives); AdamW with per-group learning rates (new
-layers vs the pretrained text encoder), a warm-up, then cosine decay.
-
-Where it starts: by default from the zero-shot model (amr.heads), so that
-training can only build on what the untrained hybrid already does; model
-selection validates before the first step (epoch 0) and after every epoch and
-keeps the best, which may be epoch 0 (the zero-shot model itself), and weight
-decay pulls every learned correction back toward that start. Validation is
-the val split, or (``validation="concepts"``) train items held out because
-their captions share no word with any other train item: concepts the model
-never trains on, which a val split of the same concepts cannot show.
-
-Data: all frames of the caches are read into memory once (float16). A cache
-with SpecAugmented views gives each clip one random view per epoch. A cache
-without a val split gives the train items whose id hashes to 0 mod 10 (a
-fixed 10%) to validation. With ``metadata = ("captions",)`` a pair's metadata
-is another caption of the same clip (random per epoch in training; in
-validation the next caption, so a query never meets its own sentence).
-
-Reproducible and resumable: all randomness of epoch e derives from (seed, e),
-and after every epoch the state (weights, Adam, scheduler, history) is saved
-atomically, so `--resume` after a Ctrl-C or a kill continues exactly as an
-uninterrupted run would.
+Per epoch: the plan of amr.train.data, AdamW steps with NT-Xent, the pull
+toward the zero-shot start (`_Anchor`), then validation (amr.train.validation)
+of the model that would be kept (`_Interpolation`), the checkpoint of the
+best so far and the resumable state.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -45,20 +23,17 @@ from rich.progress import Progress, TextColumn
 
 from amr import checkpoint
 from amr.cache import CacheInfo, EmbeddingCache, open_caches
-from amr.config import TrainConfig, Validation
+from amr.config import CAPTIONS, ModelConfig, TrainConfig, ZeroShotConfig
 from amr.console import console, progress
 from amr.errors import AmrError, Interrupted
 from amr.files import exclusive
 from amr.fusion import Init
 from amr.heads import AudioBatch
-from amr.items import Item
-from amr.metrics import retrieval_metrics
-from amr.model import CAPTIONS, ModelConfig, RetrievalModel, item_metadata, nt_xent, pad_sequences
-from amr.text import TextEncoder, normalize_text
-from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
-
-HOLDOUT_MODULUS = 10  # a cache without a val split validates on 1 in 10 train items
-BUCKET_BATCHES = 16  # batches per length bucket (see _bucketed_batches)
+from amr.model import RetrievalModel, nt_xent, pad_sequences
+from amr.text import TextEncoder
+from amr.train.data import _all_texts, _load_source, _Pairs, _plan_epoch, _Source, _training_pairs
+from amr.train.validation import _validate_all
+from amr.zeroshot import ZeroShotRetriever
 
 
 @dataclass
@@ -77,223 +52,6 @@ class TrainResult:
             "epochs": self.epochs,
             "seconds": round(self.seconds, 1),
         }
-
-
-def resume_configs(output: Path, model: ModelConfig, training: TrainConfig, given: Collection[str]) -> tuple[ModelConfig, TrainConfig]:
-    """The options of the interrupted run in ``output``, with those the user
-    ``given`` explicitly (names of ModelConfig and TrainConfig fields) taken
-    from ``model`` / ``training``; training refuses to resume if they differ."""
-    stored = checkpoint.read_config(output)
-    stored_model = checkpoint.model_config(stored, output)
-    stored_training = TrainConfig(**stored["training"])  # read_config checked it
-    model_names = {f.name for f in fields(ModelConfig)}
-    training_names = {f.name for f in fields(TrainConfig)}
-    model_changes = {name: getattr(model, name) for name in given if name in model_names}
-    training_changes = {name: getattr(training, name) for name in given if name in training_names and name != "caches"}
-    return replace(stored_model, **model_changes), replace(stored_training, **training_changes)
-
-
-# --- data ------------------------------------------------------------------
-
-
-@dataclass
-class _Source:
-    """One cache in memory: its frames (clean and augmented) and its splits."""
-
-    cache: EmbeddingCache
-    frames: np.ndarray  # (F, C) float16
-    augmented: np.ndarray | None  # (F, K, C) float16
-    train: list[int]
-    val: list[int]
-
-    def sequence(self, i: int, view: int = -1) -> np.ndarray:
-        start, n = int(self.cache.offsets[i]), int(self.cache.lengths[i])
-        if view < 0:
-            return self.frames[start : start + n]
-        return self.augmented[start : start + n, view]
-
-
-def _load_source(cache: EmbeddingCache, validation: Validation = Validation.split) -> _Source:
-    splits = [item.split for item in cache.items]
-    train = [i for i, s in enumerate(splits) if s == "train"]
-    val = [i for i, s in enumerate(splits) if s == "val"]
-    if not train:
-        raise AmrError(f"{cache.path}: no train-split items to train on (splits: {', '.join(sorted(set(splits)))})")
-    if validation is Validation.concepts:
-        held = set(concept_holdout([cache.items[i].captions for i in train]))
-        val = [i for k, i in enumerate(train) if k in held]
-        train = [i for k, i in enumerate(train) if k not in held]
-        console.print(
-            f"{cache.path}: validating on {len(val)} train items of held-out concepts (their caption words never occur in training)"
-        )
-    elif not val:
-        held = {i for i in train if zlib.crc32(cache.items[i].id.encode()) % HOLDOUT_MODULUS == 0}
-        val = sorted(held)
-        train = [i for i in train if i not in held]
-        console.print(f"{cache.path}: no val split; validating on {len(val)} held-out train items (1 in {HOLDOUT_MODULUS} by id hash)")
-    augmented = cache.all_frames(augmented=True) if cache.info.augment_views else None
-    return _Source(cache, cache.all_frames(), augmented, train, val)
-
-
-# Words that name no concept, left out when captions are compared by their words.
-STOPWORDS = frozenset(
-    "a an the of and or in on at to with from by for is are was were be being been it its this that these those "
-    "as into onto over under while near then than there here some someone something someones sound sounds noise".split()
-)
-CONCEPT_HOLDOUT = 0.1  # the share of train items concept validation holds out
-
-
-def concept_holdout(captions: Sequence[Sequence[str]], share: float = CONCEPT_HOLDOUT) -> list[int]:
-    """Positions of items to hold out so that each of them has a word that
-    occurs in no kept item's captions: whole words (concepts) leave training.
-
-    Words are drawn in a fixed pseudo-random order (by their crc32); each
-    takes out every item whose captions contain it, unless that would exceed
-    ``share`` of the items; drawing stops there. Deterministic, so every run
-    and every seed validates on the same items."""
-    words = [{w for c in item for w in normalize_text(c).split() if w not in STOPWORDS} for item in captions]
-    holders: dict[str, list[int]] = {}
-    for position, item_words in enumerate(words):
-        for word in item_words:
-            holders.setdefault(word, []).append(position)
-    budget = int(share * len(captions))
-    held: set[int] = set()
-    for word in sorted(holders, key=lambda w: (zlib.crc32(w.encode()), w)):
-        if len(held | set(holders[word])) <= budget:
-            held |= set(holders[word])
-        if len(held) >= budget:
-            break
-    return sorted(held)
-
-
-@dataclass
-class _Pairs:
-    """Every (caption, clip) training pair, as flat arrays."""
-
-    clip_source: np.ndarray  # (n_clips,) which source
-    clip_item: np.ndarray  # (n_clips,) item index in its cache
-    clip_views: np.ndarray  # (n_clips,) augmented views available
-    clip_length: np.ndarray  # (n_clips,) frames
-    clip_metadata: list[str | None]  # per clip (unused for captions-as-metadata)
-    clip_captions: list[list[str]]
-    pair_clip: np.ndarray  # (n_pairs,)
-    pair_caption: np.ndarray  # (n_pairs,)
-
-    def __len__(self) -> int:
-        return len(self.pair_clip)
-
-
-def _training_pairs(sources: Sequence[_Source], fields_: Sequence[str]) -> _Pairs:
-    clips = [(s, i) for s, source in enumerate(sources) for i in source.train if source.cache.items[i].captions]
-    if not clips:
-        raise AmrError("no train-split item has a caption: nothing to train on")
-    captions = [sources[s].cache.items[i].captions for s, i in clips]
-    counts = np.array([len(c) for c in captions])
-    return _Pairs(
-        clip_source=np.array([s for s, _ in clips]),
-        clip_item=np.array([i for _, i in clips]),
-        clip_views=np.array([sources[s].cache.info.augment_views for s, _ in clips]),
-        clip_length=np.array([sources[s].cache.lengths[i] for s, i in clips]),
-        clip_metadata=[item_metadata(sources[s].cache.items[i], fields_) for s, i in clips],
-        clip_captions=captions,
-        pair_clip=np.repeat(np.arange(len(clips)), counts),
-        pair_caption=np.concatenate([np.arange(n) for n in counts]),
-    )
-
-
-@dataclass
-class _Epoch:
-    """Everything random about one epoch, drawn from (seed, epoch)."""
-
-    batches: list[np.ndarray]  # pair indices
-    views: np.ndarray  # per clip: augmented view, -1 for the clean sequence
-    metadata: list[str | None]  # per pair
-    torch_seed: int  # dropout
-
-
-def _plan_epoch(pairs: _Pairs, model: ModelConfig, training: TrainConfig, epoch: int) -> _Epoch:
-    rng = np.random.default_rng([training.seed, epoch])
-    torch_seed = int(rng.integers(2**62))
-    batches = _bucketed_batches(rng.permutation(len(pairs)), pairs.clip_length[pairs.pair_clip], training.batch_size, rng)
-    views = np.where(pairs.clip_views > 0, (rng.random(len(pairs.clip_views)) * pairs.clip_views).astype(int), -1)
-    other = rng.integers(2**31, size=len(pairs))
-    dropped = rng.random(len(pairs)) < training.metadata_dropout
-    metadata: list[str | None] = []
-    for p in range(len(pairs)):
-        clip, caption = int(pairs.pair_clip[p]), int(pairs.pair_caption[p])
-        if model.metadata == (CAPTIONS,):
-            text = _other_caption(pairs.clip_captions[clip], caption, int(other[p]))
-        else:
-            text = pairs.clip_metadata[clip]
-        metadata.append(None if dropped[p] else text)
-    return _Epoch(batches, views, metadata, torch_seed)
-
-
-def _bucketed_batches(order: np.ndarray, lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Batches of similar-length sequences (less padding, less compute): the
-    shuffled pairs are cut into buckets of BUCKET_BATCHES batches, each bucket
-    sorted by length (ties stay in random order) and cut into batches, and
-    the batches shuffled. A bucket is a small random sample of all pairs, so
-    a batch rarely holds two captions of one clip, as with plain shuffling."""
-    batches = []
-    for start in range(0, len(order), size * BUCKET_BATCHES):
-        bucket = order[start : start + size * BUCKET_BATCHES]
-        bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
-        batches += [bucket[i : i + size] for i in range(0, len(bucket), size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def _other_caption(captions: list[str], own: int, draw: int) -> str | None:
-    """A caption of the clip other than caption ``own`` (None when it has one)."""
-    n = len(captions)
-    return captions[(own + 1 + draw % (n - 1)) % n] if n > 1 else None
-
-
-# --- validation ------------------------------------------------------------
-
-
-def validate(model: RetrievalModel, source: _Source) -> dict[str, float] | None:
-    """R@1/5/10 and mAP@10 of the validation items' captions ranked against
-    those items, or None when no validation item has a caption."""
-    items = source.val
-    queries = [(row, j, c) for row, i in enumerate(items) for j, c in enumerate(source.cache.items[i].captions)]
-    if not queries:
-        return None
-    config = model.config
-    q_vectors = model.encode_queries([c for _, _, c in queries])
-    sequences = [source.sequence(i) for i in items] if config.uses_audio else None
-    tags = source.cache.tags[items]
-    scores = np.empty((len(queries), len(items)), dtype=np.float32)
-    captions_metadata = config.metadata == (CAPTIONS,) and config.uses_metadata
-    variant = np.array([j for _, j, _ in queries]) if captions_metadata else np.zeros(len(queries), int)
-    for v in np.unique(variant):
-        metadata = None
-        if config.uses_metadata:
-            metadata = [_validation_metadata(source.cache.items[i], config, int(v)) for i in items]
-        rows = np.flatnonzero(variant == v)
-        scores[rows] = q_vectors[rows] @ model.encode_items(sequences, tags, metadata).T
-    return retrieval_metrics(scores, [[row] for row, _, _ in queries]).as_dict()
-
-
-def _validation_metadata(item: Item, config: ModelConfig, caption: int) -> str | None:
-    """The item's metadata; for captions-as-metadata the caption after the
-    query's own (``caption``), so that a query never meets its own sentence."""
-    if config.metadata == (CAPTIONS,):
-        return _other_caption(item.captions, caption, 0)
-    return item_metadata(item, config.metadata)
-
-
-def _validate_all(model: RetrievalModel, sources: Sequence[_Source]) -> tuple[float, dict[str, dict[str, float]]]:
-    """Per cache metrics and their mean mAP@10 (the selection criterion)."""
-    results = {}
-    for source in sources:
-        metrics = validate(model, source)
-        if metrics is not None:
-            results[str(source.cache.path)] = metrics
-    return float(np.mean([m["mAP@10"] for m in results.values()])), results
-
-
-# --- training --------------------------------------------------------------
 
 
 def _schedule(steps_per_epoch: int, training: TrainConfig):
@@ -316,18 +74,26 @@ def train(
     progress: bool = True,
     text: TextEncoder | None = None,
     device: torch.device | str = "cpu",
+    given: Collection[str] | None = None,
 ) -> TrainResult:
     """Train into the checkpoint directory ``output`` (see amr.checkpoint);
-    with ``resume``, continue the run there from its last completed epoch.
-    ``text``: the text encoder model_config names, already loaded (it is
-    copied before fine-tuning, never modified)."""
-    if not training.caches:
-        raise AmrError("no cache to train on: name one with --cache")
+    with ``resume``, continue the run there from its last completed epoch: its
+    options must be ``model_config`` and ``training``, or, with ``given`` (the
+    names of the ModelConfig and TrainConfig fields the user set explicitly,
+    as `amr train --resume` passes them), those and the run's own for the rest
+    (its caches always); other options are refused. ``text``: the text encoder
+    model_config names, already loaded (it is copied before fine-tuning, never
+    modified)."""
     output = Path(output).resolve()
     with exclusive(output, "checkpoint"):
+        stored = _stored_options(output) if resume else None
+        if stored is not None and given is not None:
+            model_config, training = _with_given(stored, model_config, training, given)
+        if not training.caches:
+            raise AmrError("no cache to train on: name one with --cache")
         caches = open_caches([Path(c) for c in training.caches])
         try:
-            return _train(caches, output, model_config, training, resume, progress, text, torch.device(device))
+            return _train(caches, output, model_config, training, stored, progress, text, torch.device(device))
         except KeyboardInterrupt:  # before the training loop (which reports what it kept)
             raise Interrupted(f"interrupted before training started; nothing was kept in {output}") from None
         finally:
@@ -335,23 +101,41 @@ def train(
                 cache.close()
 
 
+def _stored_options(output: Path) -> tuple[ModelConfig, TrainConfig]:
+    """The options of the run in ``output``: its config.json, read once per resume."""
+    stored = checkpoint.read_config(output)
+    return checkpoint.model_config(stored, output), TrainConfig(**stored["training"])  # read_config checked it
+
+
+def _with_given(
+    stored: tuple[ModelConfig, TrainConfig], model: ModelConfig, training: TrainConfig, given: Collection[str]
+) -> tuple[ModelConfig, TrainConfig]:
+    """The stored options, with those ``given`` explicitly taken from ``model`` / ``training`` (never the caches)."""
+    model_names = {f.name for f in fields(ModelConfig)}
+    training_names = {f.name for f in fields(TrainConfig)}
+    model_changes = {name: getattr(model, name) for name in given if name in model_names}
+    training_changes = {name: getattr(training, name) for name in given if name in training_names and name != "caches"}
+    return replace(stored[0], **model_changes), replace(stored[1], **training_changes)
+
+
 def _train(
     caches: list[EmbeddingCache],
     output: Path,
     model_config: ModelConfig,
     training: TrainConfig,
-    resume: bool,
+    stored: tuple[ModelConfig, TrainConfig] | None,
     show_progress: bool,
     text: TextEncoder | None,
     device: torch.device,
 ) -> TrainResult:
+    """``stored``: the options of the run resumed, None for a new run."""
     started = time.perf_counter()
     info = caches[0].info
     text = checkpoint.own_encoder(model_config, text)
     model_config = _complete(model_config, info, text)
+    resume = stored is not None
     if resume:
-        stored = checkpoint.read_config(output)
-        _require_same(checkpoint.model_config(stored, output), model_config, TrainConfig(**stored["training"]), training, output)
+        _require_same(stored[0], model_config, stored[1], training, output)
     elif (output / checkpoint.CONFIG).exists():
         raise AmrError(f"{output}: already holds a checkpoint; continue it with --resume or choose another --output")
 
@@ -521,7 +305,7 @@ def _complete(model_config: ModelConfig, info: CacheInfo, text: TextEncoder) -> 
     text_model = model_config.text_model
     if Path(text_model).expanduser().is_dir():
         text_model = str(Path(text_model).expanduser().resolve())
-    pooling = model_config.text_pooling or text.native_pooling
+    pooling = text.resolve_pooling(model_config.text_pooling)
     return replace(model_config, audio_dim=info.embed_dim, text_model=text_model, text_pooling=pooling, num_classes=info.num_classes)
 
 
@@ -538,20 +322,6 @@ def _require_same(stored_model: ModelConfig, model: ModelConfig, stored: TrainCo
 
 def _shown(value: object) -> str:
     return repr(value.value) if isinstance(value, Enum) else repr(value)
-
-
-def _all_texts(sources: Sequence[_Source], pairs: _Pairs, fields_: Sequence[str]) -> list[str]:
-    """Every text a frozen encoder will see: captions and metadata of train and validation items."""
-    texts = [c for captions in pairs.clip_captions for c in captions]
-    texts += [m for m in pairs.clip_metadata if m is not None]
-    for source in sources:
-        for i in source.val:
-            item = source.cache.items[i]
-            texts += item.captions
-            metadata = item_metadata(item, fields_)
-            if metadata is not None:
-                texts.append(metadata)
-    return texts
 
 
 def _run_epoch(
