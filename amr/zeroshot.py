@@ -55,7 +55,7 @@ class ZeroShotRetriever:
 
     @staticmethod
     def spec_of(config: ZeroShotConfig) -> dict[str, Any]:
-        """What load_zero_shot (through amr.index.load_retriever) rebuilds it from."""
+        """What load_zero_shot (through amr.retrievers.load_retriever) rebuilds it from."""
         return {"kind": "zero-shot", **asdict(config), "metadata_fields": list(config.metadata_fields)}
 
     @cached_property
