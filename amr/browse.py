@@ -82,10 +82,6 @@ class Library:
             )
         return facts
 
-    @cached_property
-    def numbers(self) -> dict[str, int]:
-        return {item_id: i for i, item_id in enumerate(self.index.ids()) if item_id is not None}
-
     def passes(self, number: int, filters: Filters) -> bool:
         fact = self.facts[number]
         if fact is None:
@@ -136,7 +132,7 @@ class Library:
             outcomes = list(run_queries(self.searcher, [QueryInput("1", text)], top, explain_scores=True))
             if outcomes and isinstance(outcomes[0], Failure):
                 raise AmrError(outcomes[0].error)
-            kept = [r for r in outcomes if isinstance(r, Result) and self.passes(self.numbers[r.id], filters)]
+            kept = [r for r in outcomes if isinstance(r, Result) and self.passes(self.index.number(r.id), filters)]
             if len(kept) >= wanted or top >= self.index.live_items:
                 break
             top *= 2
@@ -156,7 +152,7 @@ class Library:
 
     def suggestion(self, item_id: str, start: float) -> dict[str, Any] | None:
         """The UCS category this index's model ranks first for the item's segment at ``start``; None for a UCS-named item."""
-        number = self.numbers.get(item_id)
+        number = self.index.number(item_id)
         if number is None or (self.facts[number] or {}).get("catid"):
             return None
         rows = np.flatnonzero(self.index.row_item == number)

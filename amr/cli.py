@@ -1,7 +1,7 @@
 """The `amr` command: a thin typer layer over the stage functions.
 
 Each command parses its options, calls one stage of the Python API (amr.extract,
-amr.train, amr.indexing, amr.query, amr.evaluate) and prints its result.
+amr.train, amr.index.build, amr.query, amr.evaluate) and prints its result.
 Results go to stdout in a parseable form; progress and messages go to stderr.
 An AmrError becomes one line on stderr and exit code 1; a usage error (an
 unknown option, a value out of range or not among the choices) exit code 2.
@@ -24,7 +24,6 @@ from typer.exceptions import TyperException
 
 from amr import __version__
 from amr.config import (
-    ANN_KINDS,
     BY_FIELDS,
     DEVICES,
     LAYOUT_NAMES,
@@ -37,6 +36,7 @@ from amr.config import (
 from amr.console import error
 from amr.errors import AmrError, Interrupted
 from amr.fusion import Fusion, Init
+from amr.index.kinds import AnnKind
 from amr.items import SPLITS
 from amr.results import SERVER_ENV, Format
 from amr.segments import SegmentGrid
@@ -126,7 +126,6 @@ def _options(
 
 # The choices of options, as enums for typer; their vocabularies are amr.config's and amr.items'.
 Device = StrEnum("Device", {name: name for name in DEVICES})
-AnnKind = StrEnum("AnnKind", {name: name for name in ANN_KINDS})
 Split = StrEnum("Split", {name: name for name in SPLITS})
 EvaluatedSplit = StrEnum("EvaluatedSplit", {name: name for name in (*SPLITS, "all")})
 Layout = StrEnum("Layout", {name: name for name in LAYOUT_NAMES})
@@ -484,8 +483,8 @@ def index(
     from dataclasses import asdict
 
     from amr.devices import resolve_device
-    from amr.indexing import build_index, retriever_spec
-    from amr.indexing import refresh_query_encoder as refresh
+    from amr.index.build import build_index, retriever_spec
+    from amr.index.build import refresh_query_encoder as refresh
     from amr.retrievers import load_retriever
 
     ws = Workspace.resolve(workspace)

@@ -3,7 +3,8 @@
 `amr --help` shows these defaults, and every command's options are built
 from them when `amr.cli` is imported: so they live here, apart from the
 torch, numpy and FAISS code that uses them (amr.model, amr.train,
-amr.zeroshot, amr.indexing, amr.devices re-export what they use).
+amr.zeroshot, amr.devices re-export what they use). The kinds of approximate
+index are amr.index.kinds'.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from amr.items import METADATA_FIELDS
 from amr.text_input import DEFAULT_TEXT_MODEL, POOLINGS
 
 DEVICES = ("auto", "cpu", "cuda")  # where models run: auto is CUDA when available
-ANN_KINDS = ("ivf-sq8", "ivf-pq")  # approximate index kinds (amr.search)
 # The longest clip a query by example may be (seconds of decoded audio, whatever the file's size: a
 # FLAC of hours of silence is small). Its embedding is a few MB and a second or two of CPU time.
 MAX_EXAMPLE_SECONDS = 300.0

@@ -172,7 +172,7 @@ class _AudioHeader(Protocol):
 
 
 class _Indexed(Protocol):
-    """What a ClipEmbedder needs of an amr.index.Index (structural: the encoder sits below the index)."""
+    """What a ClipEmbedder needs of an amr.index.reader.Index (structural: the encoder sits below the index)."""
 
     path: Path
     header: _AudioHeader

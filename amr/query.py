@@ -23,7 +23,8 @@ import numpy as np
 
 from amr.config import MAX_EXAMPLE_SECONDS
 from amr.errors import AmrError
-from amr.index import Index, explain, machine_tags, open_index, search
+from amr.index.reader import Index, open_index
+from amr.index.search import explain, machine_tags, search
 from amr.query_encoder import QueryEncoder, open_query_encoder
 from amr.results import QUERY_BATCH, Failure, QueryInput, Result
 from amr.retrievers import Retriever, load_retriever

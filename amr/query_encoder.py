@@ -3,7 +3,7 @@ an ONNX graph (onnxruntime, CPU) and its tokenizer (tokenizers).
 
 `amr index` writes it beside every index it builds (format
 ``amr-query-encoder``, version 1), in the folder ``<stem>.<token>.query``
-(amr.index.query_folder)::
+(amr.index.format.query_folder)::
 
     encoder.onnx        input_ids, attention_mask: (B, T) int64 → vectors: (B, D) float32, the
                         index's query vectors: the text encoder (fine-tuned weights included),
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from amr.index import Index
+    from amr.index.reader import Index
     from amr.text import TextEncoder
 
 FORMAT = "amr-query-encoder"
@@ -73,7 +73,7 @@ def export_query_encoder(retriever: Any, index_path: Path) -> dict[str, Any]:
     A retriever that has one offers ``query_side()``: its text encoder, the
     pooling, and the function from pooled embeddings to query vectors that
     its ``encode_queries`` applies."""
-    from amr.index import query_folder
+    from amr.index.format import query_folder
 
     side = getattr(retriever, "query_side", None)
     if side is None:
@@ -208,7 +208,7 @@ def open_query_encoder(index: Index, threads: int = 1) -> QueryEncoder | None:
     index built before amr wrote one: None, and a warning saying how to add it.
     One of another model, another format or damaged: an AmrError."""
     from amr.console import warn
-    from amr.index import query_folder
+    from amr.index.format import query_folder
 
     if os.environ.get(ENGINE_ENV, "").lower() == "torch":
         return None

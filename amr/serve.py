@@ -88,7 +88,7 @@ from amr.browse import Filters, Library
 from amr.config import MAX_EXAMPLE_SECONDS
 from amr.console import console, warn
 from amr.errors import AmrError
-from amr.index import explain, machine_tags, search
+from amr.index.search import explain, machine_tags, search
 from amr.peaks import PeakCache, peaks_folder
 from amr.query import EXAMPLE_PART, Searcher, open_searcher, run_queries
 from amr.results import QUERY_BATCH, Failure, QueryInput, Result
@@ -122,7 +122,6 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
     """The page and the JSON API over ``searcher``; uploads above ``upload_limit`` bytes are refused;
     ``moments``: text results in long recordings span their refined moment (`amr.query.run_queries`)."""
     index = searcher.index
-    item_numbers = {item_id: i for i, item_id in enumerate(index.ids())}
     text_lock = threading.Lock()  # one text query at a time through the text model
     upload_lock = threading.Lock()  # one uploaded clip at a time through the (lazily loaded) audio model
     # No /docs: its page loads scripts from a CDN, and amr works offline; the schema is at /api/openapi.json.
@@ -138,9 +137,10 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
         return await call_next(request)
 
     def item_number(item_id: str) -> int:
-        if item_id not in item_numbers:
+        number = index.number(item_id)
+        if number is None:
             raise HTTPException(404, f"no item {item_id!r} in {index.path.name}")
-        return item_numbers[item_id]
+        return number
 
     def ranked(
         queries: list[QueryInput],

@@ -109,7 +109,7 @@ def million(work: Path) -> Path:
     import query as bench_query  # bench/query.py
 
     from amr.checkpoint import checkpoint_spec
-    from amr.indexing import add_ann, refresh_query_encoder
+    from amr.index.build import add_ann, refresh_query_encoder
     from amr.retrievers import load_retriever
 
     checkpoint = bench_query.untrained_checkpoint(work / "million" / "checkpoint", None, None)
@@ -187,7 +187,8 @@ def encoder_settings(index: Path, runs: int) -> list[dict]:
     """Session start and encoding time of the index's query encoder under each setting (run last: it imports onnx)."""
     import onnx
 
-    from amr.index import open_index, query_folder
+    from amr.index.format import query_folder
+    from amr.index.reader import open_index
     from amr.query_encoder import GRAPH
 
     graph = query_folder(index, open_index(index).header.query_encoder["token"]) / GRAPH

@@ -8,7 +8,7 @@
 
 For each size and kind an index of synthetic item vectors is written at the
 retriever's dimension, streamed to disk (never all in RAM), given its
-approximate index (`amr index --ann-kind KIND`, by amr.indexing.add_ann) and
+approximate index (`amr index --ann-kind KIND`, by amr.index.build.add_ann) and
 measured, each step in a fresh process:
 
 * build: seconds to write the index (the synthetic vectors' own generation
@@ -80,12 +80,16 @@ import numpy as np
 from amr.cache import CacheInfo
 from amr.checkpoint import checkpoint_spec
 from amr.errors import AmrError
-from amr.index import IndexHeader, Rows, open_index, search, sidecars
-from amr.indexing import add_ann
+from amr.index.ann import load_faiss, pq_lists, pq_sub_quantizers
+from amr.index.build import add_ann
+from amr.index.format import IndexHeader, sidecars
+from amr.index.reader import open_index
+from amr.index.search import exact_search, search
+from amr.index.store import Rows
+from amr.index.tune import recall_at
 from amr.items import Item
 from amr.query import QueryInput, Searcher, run_queries
 from amr.retrievers import load_retriever
-from amr.search import exact_search, load_faiss, pq_lists, pq_sub_quantizers, recall_at
 
 faiss = load_faiss()
 
@@ -182,9 +186,9 @@ class Synthetic:
 
 
 def write_synthetic(path: Path, synthetic: Synthetic, checkpoint: Path, vector_dtype: str) -> dict:
-    """An exact-search index of the synthetic vectors, written in blocks (amr.index.write_index);
+    """An exact-search index of the synthetic vectors, written in blocks (amr.index.store.write_index);
     returns the seconds taken without those of generating the vectors."""
-    from amr.index import write_index
+    from amr.index.store import write_index
 
     retriever = load_retriever(checkpoint_spec(checkpoint))
     header = IndexHeader.of(retriever, retriever.audio, [])
@@ -244,7 +248,7 @@ def append(path: Path, n: int, count: int, args: argparse.Namespace) -> dict:
     items to the index of n at ``path``: count - count/10 new ids, count/10
     ids of indexed items (replaced). The cache's frames are placeholders."""
     from amr.cache import ClipEmbedding, write_cache
-    from amr.indexing import build_index
+    from amr.index.build import build_index
 
     retriever = load_retriever(checkpoint_spec(args.checkpoint))
     ids = [f"clip{i:08d}" for i in range(n, n + count - count // 10)] + [f"clip{i:08d}" for i in range(count // 10)]

@@ -132,8 +132,8 @@ def test_a_damaged_checkpoint_is_one_line(change, fragments: tuple[str, ...], tr
 def test_a_damaged_faiss_sidecar_is_one_line(content: bytes, tmp_path: Path) -> None:
     from test_index import FakeRetriever
 
-    from amr.index import open_index
-    from amr.indexing import build_index
+    from amr.index.build import build_index
+    from amr.index.reader import open_index
 
     library = make_library(tmp_path / "library.h5", LIBRARY)
     index = tmp_path / "index.h5"
@@ -205,13 +205,13 @@ def test_an_unexpected_error_is_one_line_too(sounds_cache: Path, tmp_path: Path,
     """A bug (here a ValueError planted in the indexer) or an OSError still ends in one line and exit 1."""
     from typer.testing import CliRunner
 
-    import amr.indexing
+    import amr.index.build
     from amr.cli import app
 
     def broken(*args, **kwargs):
         raise ValueError("planted\nsecond line")
 
-    monkeypatch.setattr(amr.indexing, "build_index", broken)
+    monkeypatch.setattr(amr.index.build, "build_index", broken)
     monkeypatch.delenv("AMR_DEBUG", raising=False)
     done = CliRunner().invoke(app, ["index", str(sounds_cache), "--zero-shot", "-o", str(tmp_path / "i.h5"), "-w", str(tmp_path)])
     assert done.exit_code == 1 and "internal error, ValueError: planted (a bug of amr" in done.output, done.output
@@ -220,7 +220,7 @@ def test_an_unexpected_error_is_one_line_too(sounds_cache: Path, tmp_path: Path,
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "i.h5"))
 
-    monkeypatch.setattr(amr.indexing, "build_index", full_disk)
+    monkeypatch.setattr(amr.index.build, "build_index", full_disk)
     done = CliRunner().invoke(app, ["index", str(sounds_cache), "--zero-shot", "-o", str(tmp_path / "i.h5"), "-w", str(tmp_path)])
     assert done.exit_code == 1 and f"{tmp_path / 'i.h5'}: No space left on device" in done.output, done.output
 

@@ -34,8 +34,8 @@ from amr.evaluate import (
     write_per_query,
 )
 from amr.fusion import Fusion
-from amr.index import open_index
-from amr.indexing import build_index
+from amr.index.build import build_index
+from amr.index.reader import open_index
 from amr.items import Item, Query
 from amr.metrics import retrieval_metrics
 from amr.retrievers import RETRIEVER_KINDS

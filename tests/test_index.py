@@ -18,12 +18,13 @@ import pytest
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.errors import AmrError
 from amr.fusion import Fusion
-from amr.index import TAGS_STORED, explain, machine_tags, open_index, search, sidecar_path
-from amr.indexing import build_index
+from amr.index.build import build_index
+from amr.index.format import TAGS_STORED, sidecar_path
+from amr.index.reader import open_index
+from amr.index.search import exact_search, explain, machine_tags, search
 from amr.items import Item, metadata_text
 from amr.mobilenet import audioset_class_names
 from amr.retrievers import RETRIEVER_KINDS
-from amr.search import exact_search
 from amr.text import normalize_text
 
 C = 16  # frame embedding size of the fake caches

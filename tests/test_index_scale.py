@@ -22,14 +22,22 @@ import numpy as np
 import pytest
 from test_index import D, VectorRetriever, clustered, make_cache
 
-import amr.index
-import amr.indexing
-import amr.search
+import amr.index.ann
+import amr.index.build
+import amr.index.format
+import amr.index.kinds
+import amr.index.store
+import amr.index.tune
 from amr.errors import AmrError
-from amr.index import Index, Rows, data_folder, open_index, search, sidecar_path, write_index
-from amr.indexing import add_ann, build_index
+from amr.index.ann import load_faiss
+from amr.index.build import add_ann, build_index
+from amr.index.format import data_folder, lists_path, sidecar_path
+from amr.index.kinds import PQ_RECALL_TARGET
+from amr.index.reader import Index, open_index
+from amr.index.search import exact_search, search
+from amr.index.store import Rows, write_index
+from amr.index.tune import PQ_RERANKS
 from amr.items import Item
-from amr.search import PQ_RECALL_TARGET, PQ_RERANKS, exact_search, lists_path, load_faiss
 
 faiss = load_faiss()
 
@@ -74,7 +82,7 @@ def lists_of(index: Index):
 def test_an_on_disk_index_is_built_searched_and_reopened(
     caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amr.search, "SHARD_ROWS", 1500)  # three shards (the last partial), merged into one lists file
+    monkeypatch.setattr(amr.index.ann, "SHARD_ROWS", 1500)  # three shards (the last partial), merged into one lists file
     output = tmp_path / "index.h5"
     report = build_index(VectorRetriever(vectors), [caches["base"]], output, ann_kind="ivf-pq", show_progress=False)
     info = report.ann
@@ -124,8 +132,8 @@ def test_searching_an_on_disk_index_maps_none_of_its_vectors(caches: dict[str, P
 def test_tuning_that_misses_its_recall_probes_at_most_the_largest_nprobe_and_says_so(
     caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(amr.search, "NPROBES", (1, 2))  # the index has 64 lists: probing all is not among them
-    monkeypatch.setattr(amr.search, "PQ_RECALL_TARGET", 1.01)  # out of reach
+    monkeypatch.setattr(amr.index.tune, "NPROBES", (1, 2))  # the index has 64 lists: probing all is not among them
+    monkeypatch.setattr(amr.index.kinds, "PQ_RECALL_TARGET", 1.01)  # out of reach
     info = build_index(VectorRetriever(vectors), [caches["base"]], tmp_path / "index.h5", ann_kind="ivf-pq").ann
     assert info is not None and info.nlist == 64 and info.nprobe == 2 and info.rerank == PQ_RERANKS[-1]
     assert f"recall@10 {info.recall_at_10:.3f} is below the 1.01" in " ".join(capsys.readouterr().err.split())
@@ -155,7 +163,7 @@ def test_append_to_an_on_disk_index_writes_only_the_new_rows(caches: dict[str, P
 def test_an_index_grown_past_the_large_limit_moves_to_the_on_disk_tier(
     caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amr.indexing, "LARGE_LIMIT", N + 1000)
+    monkeypatch.setattr(amr.index.kinds, "LARGE_LIMIT", N + 1000)
     output = tmp_path / "index.h5"
     assert build_index(VectorRetriever(vectors), [caches["base"]], output, ann=True, show_progress=False).ann.kind == "ivf-sq8"
     before = open_index(output).state.token
@@ -175,7 +183,7 @@ def test_an_index_grown_past_the_large_limit_moves_to_the_on_disk_tier(
 def test_replaced_rows_are_dead_until_compacted(
     kind: str | None, caches: dict[str, Path], vectors: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amr.indexing, "TIDY_LIMIT", 0)  # keep dead rows in an index this small
+    monkeypatch.setattr(amr.index.build, "TIDY_LIMIT", 0)  # keep dead rows in an index this small
     output = tmp_path / "index.h5"
     options = {"ann_kind": kind} if kind else {"ann": False}
     build_index(VectorRetriever(vectors), [caches["base"]], output, show_progress=False, **options)
@@ -211,10 +219,10 @@ def test_replaced_rows_are_dead_until_compacted(
 def test_ids_seen_twice_in_one_run_keep_the_last_through_many_lookup_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_index import FakeRetriever
 
-    monkeypatch.setattr(amr.index, "LOOKUP_CHUNK", 7)  # merge the lookup every 7 items…
-    monkeypatch.setattr(amr.index, "_LOOKUP_BLOCK", 5)  # …5 entries of the old one at a time
+    monkeypatch.setattr(amr.index.store, "LOOKUP_CHUNK", 7)  # merge the lookup every 7 items…
+    monkeypatch.setattr(amr.index.store, "_LOOKUP_BLOCK", 5)  # …5 entries of the old one at a time
     retriever = FakeRetriever()
-    header = amr.index.IndexHeader.of(retriever, make_cache_info(), [])
+    header = amr.index.format.IndexHeader.of(retriever, make_cache_info(), [])
     ids = [f"clip-{i % 40}" for i in range(60)]  # clip-0 … clip-19 come twice; the second one counts
     batches = [batch_of(ids[a : a + 9], a) for a in range(0, 60, 9)]
     write_index(tmp_path / "index.h5", header, batches)
@@ -252,7 +260,7 @@ def test_items_of_several_rows_are_searched_by_their_best_row_on_disk(tmp_path: 
     from test_index import FakeRetriever
 
     retriever = FakeRetriever()
-    header = amr.index.IndexHeader.of(retriever, make_cache_info(), [])
+    header = amr.index.format.IndexHeader.of(retriever, make_cache_info(), [])
     vectors = clustered(3000 + 50, 2 * D, seed=11)
     row_item = np.arange(3000) // 2  # 1500 items of two segments each
     spans = np.tile([[0.0, 5.0], [5.0, 10.0]], (1500, 1)).astype(np.float32)
@@ -324,7 +332,7 @@ CHILD = textwrap.dedent(
     import numpy as np
     from test_index import VectorRetriever, clustered
     from amr.errors import AmrError
-    from amr.indexing import build_index
+    from amr.index.build import build_index
 
     class Retriever(VectorRetriever):
         calls = 0

@@ -399,7 +399,7 @@ def test_a_bark_in_a_long_recording_is_found_at_its_offset_through_the_cli(libra
 def test_all_segments_lists_each_matching_segment_best_first(library: Path, library_cache: Path, tmp_path: Path) -> None:
     """`--all-segments`: the park walk comes back once per segment, scores descending, the best
     segment first and holding the bark; without it, one row per recording."""
-    from amr.indexing import build_index
+    from amr.index.build import build_index
     from amr.query import QueryInput, open_searcher, run_queries
     from amr.zeroshot import ZeroShotRetriever
 

@@ -179,8 +179,8 @@ def test_the_command_evaluates_moments(recordings, tmp_path: Path, mn04_weights:
 
 
 def test_query_results_carry_refined_spans(recordings, tmp_path: Path, mn04_weights: Path, text_encoder) -> None:
-    from amr.index import open_index
-    from amr.indexing import build_index
+    from amr.index.build import build_index
+    from amr.index.reader import open_index
     from amr.query import QueryInput, Searcher, run_queries
     from amr.zeroshot import ZeroShotRetriever
 
@@ -203,8 +203,8 @@ def test_query_results_carry_refined_spans(recordings, tmp_path: Path, mn04_weig
 def test_the_page_api_serves_refined_spans(recordings, tmp_path: Path, mn04_weights: Path, text_encoder) -> None:
     from fastapi.testclient import TestClient
 
-    from amr.index import open_index
-    from amr.indexing import build_index
+    from amr.index.build import build_index
+    from amr.index.reader import open_index
     from amr.query import Searcher
     from amr.serve import create_app
     from amr.zeroshot import ZeroShotRetriever

@@ -25,7 +25,7 @@ from amr.cache import ClipEmbedding, EmbeddingCache, write_cache
 from amr.checkpoint import checkpoint_spec
 from amr.cli import app
 from amr.errors import AmrError
-from amr.indexing import build_index
+from amr.index.build import build_index
 from amr.query import Searcher, open_searcher, run_queries
 from amr.results import Failure, Format, QueryInput, Result, gather_queries, make_writer
 from amr.retrievers import RETRIEVER_KINDS

@@ -31,8 +31,10 @@ from amr.checkpoint import load_checkpoint
 from amr.cli import app
 from amr.datasets import load_dataset
 from amr.errors import AmrError
-from amr.index import open_index, query_folder, search
-from amr.indexing import build_index
+from amr.index.build import build_index
+from amr.index.format import query_folder
+from amr.index.reader import open_index
+from amr.index.search import search
 from amr.query import open_searcher
 from amr.query_encoder import GRAPH, QueryEncoder, export_query_encoder
 from amr.text_input import MAX_TOKENS
@@ -264,7 +266,7 @@ def test_importing_the_cli_imports_nothing_heavy() -> None:
 
 
 def test_a_text_query_never_imports_torch_and_threads_are_set_before_numpy_loads(sounds_index: Path) -> None:
-    """Nor FAISS, on an exact index (amr.search imports it for an approximate one). numpy's import
+    """Nor FAISS, on an exact index (amr.index.ann imports it for an approximate one). numpy's import
     is watched: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS must hold --threads by then."""
     code = f"""
 import os, sys

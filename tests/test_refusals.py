@@ -32,8 +32,9 @@ from amr.cli import app
 from amr.config import TrainConfig
 from amr.errors import AmrError
 from amr.files import exclusive
-from amr.index import Index, open_index, search
-from amr.indexing import build_index
+from amr.index.build import build_index
+from amr.index.reader import Index, open_index
+from amr.index.search import search
 from amr.text import TextEncoder
 from amr.train import loop as train_module
 from amr.train import train

@@ -28,8 +28,9 @@ from test_query import checkpoint_retriever, checkpoints  # noqa: F401  (a fixtu
 from amr.cache import EmbeddingCache
 from amr.errors import AmrError
 from amr.files import sha256_file
-from amr.index import Index, Rows, open_index, write_index
-from amr.indexing import build_index
+from amr.index.build import build_index
+from amr.index.reader import Index, open_index
+from amr.index.store import Rows, write_index
 from amr.items import Item
 from amr.query import MAX_EXAMPLE_SECONDS, Searcher, open_searcher
 from amr.retrievers import RETRIEVER_KINDS

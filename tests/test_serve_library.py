@@ -16,7 +16,7 @@ import requests
 import soundfile as sf
 from test_serve import running
 
-from amr.index import open_index
+from amr.index.reader import open_index
 from amr.query import Searcher
 from amr.ucs import categories
 from amr.zeroshot import ZeroShotRetriever
@@ -36,7 +36,7 @@ FILES = {
 def library_index(tmp_path_factory, shared: Path, mn04_weights: Path, text_encoder) -> Path:
     from amr.datasets import load_dataset
     from amr.extract import extract
-    from amr.indexing import build_index
+    from amr.index.build import build_index
     from amr.weights import resolve_weights
 
     folder = tmp_path_factory.mktemp("library-serve")

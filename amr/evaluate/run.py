@@ -20,7 +20,7 @@ from amr.dcase import read_relevance, write_model_scores
 from amr.errors import AmrError
 from amr.evaluate.report import CURVE_KS, EvaluationReport, ModelResult
 from amr.evaluate.scorers import ALL, Collection, IndexScorer, RetrieverScorer, Scorer, _some, index_collection, open_collection
-from amr.index import Index
+from amr.index.reader import Index
 from amr.items import Item, Query, caption_queries
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, rank_items, retrieval_metrics
 from amr.retrievers import load_retriever

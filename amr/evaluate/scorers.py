@@ -20,8 +20,9 @@ from amr.cache import EmbeddingCache, open_caches
 from amr.console import console, progress
 from amr.errors import AmrError
 from amr.fusion import Fusion
-from amr.index import Index
-from amr.indexing import ENCODE_BATCH
+from amr.index.build import ENCODE_BATCH
+from amr.index.reader import Index
+from amr.index.search import best_per_item
 from amr.items import SPLITS, Item
 from amr.retrievers import Retriever, load_retriever
 
@@ -158,21 +159,18 @@ class IndexScorer:
                 f"{self.index.path}: its model takes captions as metadata, so each indexed item holds one of its captions, "
                 "which are also the queries; evaluate the checkpoint on the caches instead (amr evaluate CHECKPOINT --cache ...)"
             )
-        row_of = {item_id: i for i, item_id in enumerate(self.index.ids())}
-        missing = [item.id for item in collection.items if item.id not in row_of]
+        wanted = self.index.find([item.id for item in collection.items])
+        missing = [item.id for item, number in zip(collection.items, wanted) if number < 0]
         if missing:
             raise AmrError(
                 f"{self.index.path}: lacks {len(missing)} of the {len(collection.items)} evaluated items "
                 f"({_some(missing)}); index them (amr index --append) or evaluate without --cache"
             )
-        wanted = np.array([row_of[item.id] for item in collection.items])
         rows = np.flatnonzero(np.isin(self.index.row_item, wanted))
         scores = self.retriever.encode_queries(texts) @ np.asarray(self.index.vectors[rows], np.float32).T
         owners = self.index.row_item[rows]
-        firsts = np.flatnonzero(np.r_[True, np.diff(owners) != 0])
-        best = np.maximum.reduceat(scores, firsts, axis=1)  # (queries, items in index order)
-        column = {int(item): c for c, item in enumerate(owners[firsts])}
-        return best[:, [column[int(i)] for i in wanted]]
+        best, firsts = best_per_item(scores, owners)  # (queries, items in index order)
+        return best[:, np.searchsorted(owners[firsts], wanted)]
 
 
 def _some(ids: Sequence[str], shown: int = 5) -> str:

@@ -8,7 +8,7 @@ replaces its old rows (marked dead, and compacted away at once in an index
 of up to TIDY_LIMIT rows, else once they are more than COMPACT_DEAD of the rows). Two runs on one index never interleave: the
 second stops at once, naming the first.
 
-The approximate index follows the index's size (amr.search): none up to
+The approximate index follows the index's size (amr.index.kinds): none up to
 EXACT_LIMIT rows, ivf-sq8 (in RAM) up to LARGE_LIMIT, ivf-pq (lists on disk,
 vectors stored as float16) above. An append adds its rows to the approximate
 index there is; it is trained again when the index has grown past twice the
@@ -29,51 +29,31 @@ import numpy as np
 from amr.audioset import top_classes
 from amr.cache import EmbeddingCache, open_caches
 from amr.checkpoint import checkpoint_spec
-from amr.config import ANN_KINDS
 from amr.console import console, progress, status, warn
 from amr.errors import AmrError
 from amr.files import exclusive, refuse_overwrite
 from amr.hdf5 import has_format
-from amr.index import FORMAT as INDEX_FORMAT
-from amr.index import (
-    ON_DISK_KINDS,
+from amr.index.ann import extend_ann
+from amr.index.format import (
+    FORMAT,
     TAGS_STORED,
     AnnInfo,
-    Index,
     IndexHeader,
-    Rows,
-    Store,
     StoreState,
-    StoreWriter,
-    compact,
-    new_state,
+    ann_path,
+    commit,
     query_folder,
-    remove_unused,
     sidecar_path,
     unrecorded_removed_on_failure,
-    write_manifest,
 )
+from amr.index.kinds import EXACT_LIMIT, AnnKind
+from amr.index.reader import Index
+from amr.index.store import Rows, Store, StoreWriter, compact
+from amr.index.tune import build_ann
 from amr.items import changed_on_disk
 from amr.retrievers import Retriever, describe
-from amr.search import (
-    LARGE_LIMIT,
-    RERANK,
-    add_rows,
-    build_ivf,
-    build_ivfpq,
-    empty_copy,
-    read_ann,
-    recall_target,
-    write_ann,
-    write_on_disk,
-)
 from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
-# Up to this many rows exact search (one matrix product over N x D float32,
-# memory-bound: ~7 ms per query at 1e5 rows of 512 dims on two cores,
-# bench/query.py) leaves most of a 20 ms query for the text encoder; above it
-# `amr index` builds an approximate index unless told otherwise.
-EXACT_LIMIT = 50_000
 ENCODE_BATCH = 512  # items per Retriever.encode_items call
 # Dead (replaced) rows are compacted away when they are more than this share
 # of the rows: the columns and approximate index are rewritten without them.
@@ -121,7 +101,7 @@ def build_index(
     splits: Sequence[str] | None = None,
     append: bool = False,
     ann: bool | None = None,
-    ann_kind: str | None = None,
+    ann_kind: AnnKind | str | None = None,
     auto_tags: int | None = None,
     force: bool = False,
     show_progress: bool = True,
@@ -140,11 +120,13 @@ def build_index(
     fails leaves the index as it was and removes what it wrote."""
     started = time.perf_counter()
     output = Path(output)
-    if ann_kind is not None and ann_kind not in ANN_KINDS:
-        raise AmrError(f"unknown approximate index kind {ann_kind!r}; expected one of {', '.join(ANN_KINDS)}")
-    if ann is False and ann_kind is not None:
+    try:
+        asked = AnnKind(ann_kind) if ann_kind is not None else None
+    except ValueError:
+        raise AmrError(f"unknown approximate index kind {ann_kind!r}; expected one of {', '.join(AnnKind)}") from None
+    if ann is False and asked is not None:
         raise AmrError("--no-ann and --ann-kind exclude each other")
-    refuse_overwrite(output, "an amr index", lambda path: has_format(path, INDEX_FORMAT), force or append)
+    refuse_overwrite(output, "an amr index", lambda path: has_format(path, FORMAT), force or append)
     with exclusive(output, "index"), unrecorded_removed_on_failure(output):
         opened = open_caches(caches)
         try:
@@ -157,8 +139,8 @@ def build_index(
             if sum(len(rows) for _, rows in selected) == 0:
                 raise AmrError(f"{', '.join(str(c) for c in caches)}: no items in split(s) {', '.join(splits or ())}")
             _warn_changed_files(selected)
-            before = previous.state if previous is not None else new_state()
-            writer = StoreWriter(output, header, before, previous.dead if previous is not None else np.zeros(0, np.uint8))
+            writer = StoreWriter(output, header, previous.state, previous.dead) if previous is not None else StoreWriter(output, header)
+            before = writer.state
             _encode(retriever, selected, header, writer, show_progress)
         finally:
             for cache in opened:
@@ -166,21 +148,20 @@ def build_index(
         state, dead = writer.finish()
         header = replace(header, query_encoder=_query_encoder(output, retriever, previous, show_progress))
         old_ann = previous.ann_info if previous is not None else None
-        kind = _kind(ann, ann_kind, old_ann, state.rows - state.dead_rows)
+        kind = _kind(ann, asked, old_ann, state.rows - state.dead_rows)
         state, dead, info = _finish(output, header, state, dead, kind, old_ann, before.rows, show_progress)
     added = writer.state.items - before.items - writer.repeated
     live_items, live_rows = state.items - state.dead_items, state.rows - state.dead_rows
     return IndexReport(output, live_items, live_rows, added, writer.replaced, info, time.perf_counter() - started)
 
 
-def add_ann(path: Path, kind: str | None = None, show_progress: bool = True) -> AnnInfo | None:
+def add_ann(path: Path, kind: AnnKind | str | None = None, show_progress: bool = True) -> AnnInfo | None:
     """(Re)build the approximate index of the index at ``path`` from its
     stored vectors (``kind``: by its size when None) and record it."""
     path = Path(path)
     with exclusive(path, "index"), unrecorded_removed_on_failure(path):
         index = Index(path)
-        live = index.live_rows
-        kind = kind or ("ivf-pq" if live > LARGE_LIMIT else "ivf-sq8")
+        kind = AnnKind(kind) if kind is not None else AnnKind.fitting(index.live_rows)
         _, _, info = _finish(path, index.header, index.state, index.dead, kind, None, index.state.rows, show_progress)
     return info
 
@@ -193,8 +174,7 @@ def refresh_query_encoder(path: Path, retriever: Retriever, show_progress: bool 
         index = Index(path)
         index.header.require_retriever(retriever, path)
         header = replace(index.header, query_encoder=_query_encoder(path, retriever, None, show_progress))
-        write_manifest(path, header, index.state, index.dead, index.ann_info)
-        remove_unused(path, header, index.state, index.ann_info)
+        commit(path, header, index.state, index.dead, index.ann_info)
     return header.query_encoder
 
 
@@ -213,36 +193,42 @@ def _query_encoder(path: Path, retriever: Retriever, previous: Index | None, sho
         return export_query_encoder(retriever, path)
 
 
-def _kind(ann: bool | None, ann_kind: str | None, old: AnnInfo | None, live_rows: int) -> str | None:
-    """The approximate index to have: None, or its kind."""
+def _kind(ann: bool | None, ann_kind: AnnKind | None, old: AnnInfo | None, live_rows: int) -> AnnKind | None:
+    """The approximate index to have: None, or its kind (an index on disk stays on disk)."""
     if ann is False:
         return None
     if ann_kind is not None:
         return ann_kind
     if ann is None and old is None and live_rows <= EXACT_LIMIT:
         return None
-    return "ivf-pq" if live_rows > LARGE_LIMIT or (old is not None and old.kind in ON_DISK_KINDS) else "ivf-sq8"
+    return AnnKind.ivf_pq if old is not None and old.kind.on_disk else AnnKind.fitting(live_rows)
 
 
 def _finish(
-    path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray, kind: str | None, old: AnnInfo | None, new_from: int, show: bool
+    path: Path,
+    header: IndexHeader,
+    state: StoreState,
+    dead: np.ndarray,
+    kind: AnnKind | None,
+    old: AnnInfo | None,
+    new_from: int,
+    show: bool,
 ) -> tuple[StoreState, np.ndarray, AnnInfo | None]:
     """Compact the columns if they need it, bring the approximate index up to
     date (rows ``new_from`` … are new to ``old``), write the manifest and
     remove what this version no longer uses."""
-    dtype = "float16" if kind in ON_DISK_KINDS else state.vector_dtype  # the on-disk tier keeps half-precision vectors only
+    dtype = "float16" if kind is not None and kind.on_disk else state.vector_dtype  # the on-disk tier keeps half-precision vectors only
     if dtype != state.vector_dtype or state.dead_rows > (0 if state.rows <= TIDY_LIMIT else COMPACT_DEAD * state.rows):
         with status(f"compacting {path.name}: {state.dead_rows} replaced rows of {state.rows}, vectors as {dtype}", show):
             state, dead = compact(path, header, state, dead, dtype)
         old = None  # rows are renumbered: the approximate index is built anew
     info = _approximate(path, header, state, dead, kind, old, new_from, show) if kind is not None else None
-    write_manifest(path, header, state, dead, info)
-    remove_unused(path, header, state, info)
+    commit(path, header, state, dead, info)
     return state, dead, info
 
 
 def _approximate(
-    path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray, kind: str, old: AnnInfo | None, new_from: int, show: bool
+    path: Path, header: IndexHeader, state: StoreState, dead: np.ndarray, kind: AnnKind, old: AnnInfo | None, new_from: int, show: bool
 ) -> AnnInfo:
     """The approximate index of ``state``, in files of a new token: ``old``
     with the rows from ``new_from`` added when it is of this kind and was
@@ -251,32 +237,21 @@ def _approximate(
     vectors = Store(path, header, state).vectors
     live_dead = dead if state.dead_rows else None
     token = secrets.token_hex(4)
-    sidecar = path.with_name(f"{path.stem}.{token}.faiss")
+    sidecar = ann_path(path, token)
     if old is not None and old.kind == kind and state.rows <= 2 * old.trained_rows:
-        previous = sidecar_path(path, old)
-        if kind == "ivf-sq8":
-            ivf = read_ann(previous, on_disk=False)
-            add_rows(ivf, vectors, new_from)
-            write_ann(ivf, sidecar)
-        else:
-            lists = read_ann(previous, on_disk=True)
-            write_on_disk(empty_copy(previous), vectors, new_from, [lists.invlists], sidecar)
+        extend_ann(kind, sidecar_path(path, old), vectors, new_from, sidecar)
         return replace(old, token=token, seconds=round(time.perf_counter() - started, 1))
-    if kind == "ivf-sq8":
-        ivf, recall = build_ivf(vectors, live_dead, show)
-        write_ann(ivf, sidecar)
-        info = AnnInfo(kind, ivf.nlist, ivf.nprobe, round(recall, 4), token, round(time.perf_counter() - started, 1), RERANK, state.rows)
-        described = "IVF-SQ8 (in RAM)"
-    else:
-        ann, per_result, recall = build_ivfpq(vectors, live_dead, sidecar, show)
-        seconds = round(time.perf_counter() - started, 1)
-        info = AnnInfo(kind, ann.nlist, ann.nprobe, round(recall, 4), token, seconds, per_result, state.rows)
+    ann, per_result, recall = build_ann(kind, vectors, live_dead, sidecar, show)
+    info = AnnInfo(kind, ann.nlist, ann.nprobe, round(recall, 4), token, round(time.perf_counter() - started, 1), per_result, state.rows)
+    if kind.on_disk:
         described = f"IVF-PQ ({ann.code_size} bytes a row, lists on disk), {per_result} candidates a result"
+    else:
+        described = "IVF-SQ8 (in RAM)"
     console.print(
         f"approximate index: {described}, {info.nlist} lists, nprobe {info.nprobe}, re-ranked: recall@10 {recall:.3f} "
         f"against exact search (perturbed item vectors), built in {info.seconds:.0f} s"
     )
-    target = recall_target(kind)
+    target = kind.recall_target
     if recall < target:
         warn(f"recall@10 {recall:.3f} is below the {target} the approximate index is tuned for; `amr query --exact` searches exactly")
     return info
