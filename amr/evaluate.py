@@ -64,13 +64,12 @@ from amr.files import atomic_write, refuse_overwrite
 from amr.fusion import Fusion
 from amr.index import Index
 from amr.indexing import ENCODE_BATCH
-from amr.items import SPLITS, Item, Query, caption_queries
+from amr.items import ALL_SPLITS, SPLITS, Item, Query, caption_queries
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, Metrics, QueryResult, rank_items, retrieval_metrics
 from amr.retrievers import Retriever, load_retriever
 from amr.workspace import Workspace
 from amr.zeroshot import zero_shot_variants
 
-ALL = "all"  # the split value that evaluates every item
 CURVE_KS = tuple(range(1, 51))  # recall@K of the plot
 TOP_STORED = 10  # best items per query kept for the per-query JSON
 TIES = "an item ranks above every item with the same score that comes after it in the item order"
@@ -106,7 +105,7 @@ def open_collection(cache_paths: Sequence[Path], split: str = "test") -> Iterato
     _check_split(split)
     caches = open_caches(cache_paths)
     try:
-        parts = [(c, [i for i, item in enumerate(c.items) if split in (ALL, item.split)]) for c in caches]
+        parts = [(c, [i for i, item in enumerate(c.items) if split in (ALL_SPLITS, item.split)]) for c in caches]
         items = [cache.items[i] for cache, rows in parts for i in rows]
         yield _checked(Collection(items, split, ", ".join(str(p) for p in cache_paths), parts))
     finally:
@@ -117,13 +116,13 @@ def open_collection(cache_paths: Sequence[Path], split: str = "test") -> Iterato
 def index_collection(index: Index, split: str = "test") -> Collection:
     """The items of ``split`` (or ``all``) in an index, for evaluating indexes without their caches."""
     _check_split(split)
-    items = [item for item in map(index.item, range(index.items_count)) if split in (ALL, item.split)]
+    items = [item for item in map(index.item, range(index.items_count)) if split in (ALL_SPLITS, item.split)]
     return _checked(Collection(items, split, str(index.path)))
 
 
 def _check_split(split: str) -> None:
-    if split != ALL and split not in SPLITS:
-        raise AmrError(f"unknown split {split!r}: use {', '.join(SPLITS)} or {ALL}")
+    if split != ALL_SPLITS and split not in SPLITS:
+        raise AmrError(f"unknown split {split!r}: use {', '.join(SPLITS)} or {ALL_SPLITS}")
 
 
 def _checked(collection: Collection) -> Collection:
@@ -332,22 +331,24 @@ def evaluate_models(
 ) -> EvaluationReport:
     """`amr evaluate`: score checkpoints, indexes, the zero-shot model and BM25 side by side.
 
-    With neither checkpoints nor indexes the workspace's latest checkpoint is
-    evaluated, or none when only baselines (zero-shot, BM25) are asked for.
-    The items are those of ``cache_paths`` (default: the workspace's latest
-    cache), or, with only indexes and no caches, the first index's items.
+    The items are those of ``cache_paths``, or, with none, the first index's.
+    ``workspace``, when given, fills in the checkpoints and caches not given
+    as `amr evaluate` does (`Workspace.evaluated`: its latest ones).
     ``queries`` is a queries.jsonl (default: the items' captions), or
     ``relevance`` a DCASE 2025 metadata_eval.csv (`amr.dcase.read_relevance`;
     ``lenient`` skips and reports its rows that match nothing); ``curves``
     adds recall@1..50 for a plot; ``ks``, ``ap_ks``, ``ap_norm`` and ``submission`` as in `evaluate`."""
-    workspace = workspace or Workspace.resolve()
-    scorers, indexes, checkpoints = make_scorers(checkpoints, index_paths, zero_shot, ablate, bm25, workspace, device)
+    if workspace is not None:
+        checkpoints, cache_paths = workspace.evaluated(checkpoints, index_paths, cache_paths, zero_shot, bm25)
+    if not cache_paths and not index_paths:
+        raise AmrError("nothing to evaluate on: give caches or an index")
+    scorers, indexes = make_scorers(checkpoints, index_paths, zero_shot, ablate, bm25, device)
     if queries is not None and relevance is not None:
         raise AmrError("give --queries or --relevance, not both")
     explicit = load_queries(queries) if queries is not None else None
     options: dict[str, Any] = {"ap_ks": ap_ks, "ap_norm": ap_norm, "curves": curves, "submission": submission}
-    if cache_paths or checkpoints or zero_shot or not indexes:
-        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
+    if cache_paths:
+        with open_collection(list(cache_paths), split) as collection:
             if relevance is not None:
                 explicit = read_relevance(relevance, collection.items, lenient)
             return evaluate(scorers, collection, explicit, by, ks, **options)
@@ -363,14 +364,9 @@ def make_scorers(
     zero_shot: bool,
     ablate: bool,
     bm25: bool,
-    workspace: Workspace,
     device: torch.device | str,
-) -> tuple[list[Scorer], list[Index], list[Path]]:
-    """The scorers of `evaluate_models`, the indexes opened and the checkpoints
-    (the workspace's latest when nothing else is asked for)."""
-    checkpoints = list(checkpoints)
-    if not checkpoints and not index_paths and not (zero_shot or bm25):
-        checkpoints = [workspace.latest("checkpoint")]
+) -> tuple[list[Scorer], list[Index]]:
+    """The scorers of `evaluate_models` and the indexes opened."""
     names = model_names([*checkpoints, *index_paths])
     indexes = [Index(path) for path in index_paths]
     scorers: list[Scorer] = [RetrieverScorer(name, load_retriever(checkpoint_spec(path), device)) for name, path in zip(names, checkpoints)]
@@ -379,7 +375,7 @@ def make_scorers(
         scorers += [RetrieverScorer(name, retriever) for name, retriever in zero_shot_variants(ablate, device)]
     if bm25:
         scorers.append(BM25())
-    return scorers, indexes, checkpoints
+    return scorers, indexes
 
 
 def evaluate(
@@ -433,7 +429,7 @@ def evaluate(
 
 
 def _in_split(queries: Sequence[Query], split: str) -> list[Query]:
-    kept = [q for q in queries if split == ALL or q.split in (None, split)]
+    kept = [q for q in queries if split == ALL_SPLITS or q.split in (None, split)]
     if len(kept) < len(queries):
         console.print(f"left out {_count(len(queries) - len(kept), 'query', 'queries')} of other splits than {split}", highlight=False)
     return kept

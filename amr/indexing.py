@@ -67,7 +67,6 @@ from amr.search import (
     write_ann,
     write_on_disk,
 )
-from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
 # Up to this many rows exact search (one matrix product over N x D float32,
 # memory-bound: ~7 ms per query at 1e5 rows of 512 dims on two cores,
@@ -94,18 +93,11 @@ class IndexReport:
     seconds: float
 
 
-def retriever_spec(
-    zero_shot: ZeroShotConfig | None,
-    checkpoint: Path | None,
-    append_to: Path | None,
-    latest_checkpoint: Callable[[], Path],
-) -> dict[str, Any]:
-    """Which model indexes: the zero-shot one (with its options), the checkpoint
-    given, else the one the index appended to was built with, else the latest."""
-    if zero_shot is not None:
-        if checkpoint is not None:
-            raise AmrError("--zero-shot and --checkpoint exclude each other")
-        return ZeroShotRetriever.spec_of(zero_shot)
+def retriever_spec(checkpoint: Path | None, append_to: Path | None, latest_checkpoint: Callable[[], Path]) -> dict[str, Any]:
+    """The recorded spec of the model that indexes when it is not the zero-shot
+    one (`amr.zeroshot.zero_shot_retriever`, built from its config): the
+    checkpoint given, else the one the index appended to was built with, else
+    the latest."""
     if checkpoint is not None:
         return checkpoint_spec(checkpoint)
     if append_to is not None:

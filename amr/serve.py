@@ -84,7 +84,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from amr.browse import Filters, Library
-from amr.config import MAX_EXAMPLE_SECONDS
+from amr.config import MAX_EXAMPLE_SECONDS, SERVE_HOST, SERVE_PORT, UPLOAD_LIMIT
 from amr.console import console, warn
 from amr.errors import AmrError
 from amr.index import explain, machine_tags, search
@@ -96,9 +96,6 @@ if TYPE_CHECKING:
     import torch
 
 WEB = Path(__file__).parent / "resources" / "web"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-UPLOAD_LIMIT = 64 << 20  # bytes: about 6 minutes of 16-bit 44.1 kHz stereo WAV
 PAGE_LIMIT = 100  # results per page at most
 # What browsers expect; mimetypes would answer from the machine's /etc/mime.types (audio/x-wav, ...).
 AUDIO_TYPES = {
@@ -340,7 +337,7 @@ class LocalServer:
     """An app on a bound socket, so that a port in use is an AmrError before
     anything runs and ``url`` is known (port 0: a free port) before ``run``."""
 
-    def __init__(self, app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    def __init__(self, app: FastAPI, host: str = SERVE_HOST, port: int = SERVE_PORT):
         self.socket = listen(host, port)
         address, bound_port = self.socket.getsockname()[:2]
         shown = f"[{address}]" if ":" in address else address
@@ -362,8 +359,8 @@ class LocalServer:
 
 def serve(
     index_path: Path,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = SERVE_HOST,
+    port: int = SERVE_PORT,
     *,
     checkpoint: Path | None = None,
     audio_weights: Path | None = None,
