@@ -6,7 +6,7 @@ Python API and prints its result. Results go to stdout in a parseable form;
 progress and messages go to stderr. An AmrError becomes one line on stderr
 and exit code 1; a usage error (an unknown option, a value out of range or
 not among the choices) exit code 2. The choices and defaults ``--help``
-shows are the library's own (amr.options lists where each comes from).
+shows are the library's own (amr.cli.options says where each lives).
 
 The commands live by stage: amr.cli.prepare (extract, train, index),
 amr.cli.search (query, serve), amr.cli.categorize, amr.cli.evaluate; the
