@@ -21,6 +21,7 @@ from amr.fusion import Fusion, Init
 from amr.items import METADATA_FIELDS
 from amr.text_input import DEFAULT_TEXT_MODEL, POOLINGS
 
+DEFAULT_WEIGHTS = "mn04_as"  # the audio model `amr extract` embeds with unless told otherwise (amr.weights)
 ANN_KINDS = ("ivf-sq8", "ivf-pq")  # approximate index kinds (amr.search)
 # The longest clip a query by example may be (seconds of decoded audio, whatever the file's size: a
 # FLAC of hours of silence is small). Its embedding is a few MB and a second or two of CPU time.

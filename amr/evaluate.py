@@ -64,7 +64,8 @@ from amr.files import atomic_write, refuse_overwrite
 from amr.fusion import Fusion
 from amr.index import Index
 from amr.indexing import ENCODE_BATCH
-from amr.items import ALL_SPLITS, SPLITS, Item, Query, caption_queries
+from amr.items import ALL_SPLITS as ALL
+from amr.items import SPLITS, Item, Query, caption_queries
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, Metrics, QueryResult, rank_items, retrieval_metrics
 from amr.retrievers import Retriever, load_retriever
 from amr.workspace import Workspace
@@ -105,7 +106,7 @@ def open_collection(cache_paths: Sequence[Path], split: str = "test") -> Iterato
     _check_split(split)
     caches = open_caches(cache_paths)
     try:
-        parts = [(c, [i for i, item in enumerate(c.items) if split in (ALL_SPLITS, item.split)]) for c in caches]
+        parts = [(c, [i for i, item in enumerate(c.items) if split in (ALL, item.split)]) for c in caches]
         items = [cache.items[i] for cache, rows in parts for i in rows]
         yield _checked(Collection(items, split, ", ".join(str(p) for p in cache_paths), parts))
     finally:
@@ -116,13 +117,13 @@ def open_collection(cache_paths: Sequence[Path], split: str = "test") -> Iterato
 def index_collection(index: Index, split: str = "test") -> Collection:
     """The items of ``split`` (or ``all``) in an index, for evaluating indexes without their caches."""
     _check_split(split)
-    items = [item for item in map(index.item, range(index.items_count)) if split in (ALL_SPLITS, item.split)]
+    items = [item for item in map(index.item, range(index.items_count)) if split in (ALL, item.split)]
     return _checked(Collection(items, split, str(index.path)))
 
 
 def _check_split(split: str) -> None:
-    if split != ALL_SPLITS and split not in SPLITS:
-        raise AmrError(f"unknown split {split!r}: use {', '.join(SPLITS)} or {ALL_SPLITS}")
+    if split != ALL and split not in SPLITS:
+        raise AmrError(f"unknown split {split!r}: use {', '.join(SPLITS)} or {ALL}")
 
 
 def _checked(collection: Collection) -> Collection:
@@ -429,7 +430,7 @@ def evaluate(
 
 
 def _in_split(queries: Sequence[Query], split: str) -> list[Query]:
-    kept = [q for q in queries if split == ALL_SPLITS or q.split in (None, split)]
+    kept = [q for q in queries if split == ALL or q.split in (None, split)]
     if len(kept) < len(queries):
         console.print(f"left out {_count(len(queries) - len(kept), 'query', 'queries')} of other splits than {split}", highlight=False)
     return kept

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from amr.cli.options import AnnKind, DeviceOption, WorkspaceOption, emit, listed
-from amr.config import CAPTIONS, LayoutName, ModelConfig, TrainConfig, Validation, ZeroShotConfig
+from amr.config import CAPTIONS, DEFAULT_WEIGHTS, LayoutName, ModelConfig, TrainConfig, Validation, ZeroShotConfig
 from amr.devices import Device, resolve_device
 from amr.errors import AmrError
 from amr.fusion import Fusion, Init
@@ -39,7 +39,8 @@ def extract(
         Path | None, typer.Option("--output", "-o", help="Cache file (default: <workspace>/caches/<dataset>.<model>.h5).")
     ] = None,
     audio_model: Annotated[
-        str | None, typer.Option(help="EfficientAT model name, mn01_as … mn40_as_ext (default: mn04_as, or the name of --audio-weights).")
+        str | None,
+        typer.Option(help=f"EfficientAT model name, mn01_as … mn40_as_ext (default: {DEFAULT_WEIGHTS}, or the name of --audio-weights)."),
     ] = None,
     audio_weights: Annotated[
         Path | None, typer.Option(envvar="AMR_AUDIO_WEIGHTS", help="Local checkpoint file of the audio model.")
