@@ -12,6 +12,7 @@ import typer
 
 from amr.cli.options import WorkspaceOption
 from amr.console import error
+from amr.ucs import UCS_ENTRIES
 from amr.workspace import Workspace
 
 
@@ -29,7 +30,7 @@ class CategorizeBy(StrEnum):
 
 def categorize(
     cache: Annotated[Path | None, typer.Argument(help="Embedding cache (default: the workspace's latest).", show_default=False)] = None,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, max=752, help="CatIDs per item.")] = 3,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=UCS_ENTRIES, help="CatIDs per item.")] = 3,
     by: Annotated[CategorizeBy, typer.Option(help="Score from the audio and metadata fused, or one of them.")] = CategorizeBy.fused,
     fmt: Annotated[
         CategorizeFormat | None, typer.Option("--format", "-f", help="Output format (default: table on a terminal, jsonl in a pipe).")
