@@ -3,8 +3,10 @@
 `amr --help` shows these defaults, and every command's options are built
 from them when `amr.cli` is imported: so they live here, apart from the
 torch, numpy and FAISS code that uses them (amr.model, amr.train,
-amr.zeroshot, amr.devices re-export what they use). The kinds of approximate
-index are amr.index.kinds'.
+amr.zeroshot, amr.index.build, amr.serve re-export what they use). The other
+vocabularies live in light modules of their own concern: devices in
+amr.devices, splits in amr.items, fusion modes in amr.fusion, output
+formats in amr.results, kinds of approximate index in amr.index.kinds.
 """
 
 from __future__ import annotations
@@ -19,13 +21,21 @@ from amr.fusion import Fusion, Init
 from amr.items import METADATA_FIELDS
 from amr.text_input import DEFAULT_TEXT_MODEL, POOLINGS
 
-DEVICES = ("auto", "cpu", "cuda")  # where models run: auto is CUDA when available
+DEFAULT_WEIGHTS = "mn04_as"  # the audio model `amr extract` embeds with unless told otherwise (amr.weights)
 # The longest clip a query by example may be (seconds of decoded audio, whatever the file's size: a
 # FLAC of hours of silence is small). Its embedding is a few MB and a second or two of CPU time.
 MAX_EXAMPLE_SECONDS = 300.0
 LAYOUT_NAMES = ("generic", "clotho", "audiocaps", "wavcaps", "folder")  # dataset layouts (amr.datasets), in detection order
+LayoutName = StrEnum("LayoutName", {name: name for name in LAYOUT_NAMES})
 BY_FIELDS = ("split", "has_metadata", *(f"has_{name}" for name in METADATA_FIELDS))  # `amr evaluate --by` breakdowns
+By = StrEnum("By", {name: name for name in BY_FIELDS})
 CAPTIONS = "captions"  # the metadata "field" of Clotho's full-sentence setting
+
+# `amr serve` (amr.serve): where it listens unless told otherwise (loopback: this machine only), and
+# the largest clip it accepts for query by example.
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+UPLOAD_LIMIT = 64 << 20  # bytes: about 6 minutes of 16-bit 44.1 kHz stereo WAV
 
 
 # --- the model (amr.model) -----------------------------------------------------------------

@@ -1,26 +1,48 @@
-"""Where models run (``auto``: CUDA when available, ``cpu`` or ``cuda``), and in which mode."""
+"""Where models run (``auto``: CUDA when available, ``cpu`` or ``cuda``), and in which mode.
+
+Light at import (torch loads in the functions that need it), so that the
+CLI takes its ``--device`` choices from `Device` at start-up.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from amr.config import DEVICES
 from amr.errors import AmrError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class Device(StrEnum):
+    """Where models run."""
+
+    auto = "auto"  # CUDA when available
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The torch device ``name`` stands for; ``cuda`` without a usable GPU is an error."""
-    if name not in DEVICES:
-        raise AmrError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
-    if name == "auto":
+    if name not in Device.__members__:
+        raise AmrError(f"unknown device {name!r}; expected one of {', '.join(Device)}")
+    import torch
+
+    if name == Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name == Device.cuda and not torch.cuda.is_available():
         raise AmrError("--device cuda: no CUDA device is available to torch here; use --device cpu or auto")
     return torch.device(name)
+
+
+def query_device(name: str) -> torch.device | str:
+    """``"cpu"`` as it is, without importing torch (a text query is encoded on
+    onnxruntime there: amr.query_encoder), else the torch device it stands for."""
+    return Device.cpu.value if name == Device.cpu else resolve_device(name)
 
 
 @contextmanager

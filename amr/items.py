@@ -12,9 +12,13 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+ALL_SPLITS = "all"  # the split value that evaluates every item (`amr evaluate --split all`)
+Split = StrEnum("Split", {name: name for name in SPLITS})
+EvaluatedSplit = StrEnum("EvaluatedSplit", {name: name for name in (*SPLITS, ALL_SPLITS)})
 METADATA_FIELDS = ("keywords", "tags", "title", "description")
 
 

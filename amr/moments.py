@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amr.errors import AmrError
-from amr.workspace import Workspace
 
 if TYPE_CHECKING:
     import torch
@@ -263,22 +262,20 @@ def evaluate_moments(
     *,
     zero_shot: bool = False,
     audio_weights: Path | None = None,
-    workspace: Workspace | None = None,
     device: torch.device | str = "cpu",
     config: RefineConfig = RefineConfig(),
 ) -> dict[str, Any]:
     """`amr evaluate --moments FILE`: each model's moment metrics on the grid and
     refined, for the queries of ``path`` (`read_moments`) in the recordings of
-    the caches (default: the workspace's latest); the tagger is the caches' audio
+    the caches; the tagger is the caches' audio
     model (``audio_weights``, else found as `amr extract` finds it)."""
     from amr.cache import open_caches
     from amr.encoder import ClipEmbedder
     from amr.evaluate import make_scorers
 
-    workspace = workspace or Workspace.resolve()
     queries = read_moments(path)
-    scorers, _, _ = make_scorers(checkpoints, [], zero_shot, False, False, workspace, device)
-    caches = open_caches(list(cache_paths) or [workspace.latest("cache")])
+    scorers, _ = make_scorers(checkpoints, [], zero_shot, False, False, device)
+    caches = open_caches(cache_paths)
     try:
         tagger = ClipEmbedder.for_collection(caches[0].info, caches[0].path, audio_weights).encoder
         truths = [q.windows for q in queries]

@@ -85,7 +85,7 @@ from starlette.datastructures import UploadFile
 
 from amr.audio_formats import MEDIA_TYPES
 from amr.browse import Filters, Library
-from amr.config import MAX_EXAMPLE_SECONDS
+from amr.config import MAX_EXAMPLE_SECONDS, SERVE_HOST, SERVE_PORT, UPLOAD_LIMIT
 from amr.console import console, warn
 from amr.errors import AmrError
 from amr.index.search import explain, machine_tags, search
@@ -97,9 +97,6 @@ if TYPE_CHECKING:
     import torch
 
 WEB = Path(__file__).parent / "resources" / "web"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-UPLOAD_LIMIT = 64 << 20  # bytes: about 6 minutes of 16-bit 44.1 kHz stereo WAV
 PAGE_LIMIT = 100  # results per page at most
 
 Offset = Annotated[int, Query(ge=0, description="Ranks skipped: the page starts at rank offset + 1.")]
@@ -328,7 +325,7 @@ class LocalServer:
     """An app on a bound socket, so that a port in use is an AmrError before
     anything runs and ``url`` is known (port 0: a free port) before ``run``."""
 
-    def __init__(self, app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    def __init__(self, app: FastAPI, host: str = SERVE_HOST, port: int = SERVE_PORT):
         self.socket = listen(host, port)
         address, bound_port = self.socket.getsockname()[:2]
         shown = f"[{address}]" if ":" in address else address
@@ -350,8 +347,8 @@ class LocalServer:
 
 def serve(
     index_path: Path,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = SERVE_HOST,
+    port: int = SERVE_PORT,
     *,
     checkpoint: Path | None = None,
     audio_weights: Path | None = None,

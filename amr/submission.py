@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from amr.dcase import read_submission_queries, write_model_scores
 from amr.errors import AmrError
 from amr.evaluate import index_collection, make_scorers, open_collection
-from amr.workspace import Workspace
 
 if TYPE_CHECKING:
     import torch
@@ -27,19 +26,17 @@ def predict_submission(
     split: str = "test",
     *,
     zero_shot: bool = False,
-    workspace: Workspace | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """A DCASE submission for queries without relevance (the captions of
     ``captions_csv``, the baseline's retrieval_captions.csv): one model's scores
     of them against the items, as in `evaluate_models`, written to ``path``."""
-    workspace = workspace or Workspace.resolve()
     texts = read_submission_queries(captions_csv)
-    scorers, indexes, checkpoints = make_scorers(checkpoints, index_paths, zero_shot, False, False, workspace, device)
+    scorers, indexes = make_scorers(checkpoints, index_paths, zero_shot, False, False, device)
     if len(scorers) != 1:
         raise AmrError(f"a submission holds one model's scores; {len(scorers)} models are given")
-    if cache_paths or checkpoints or zero_shot or not indexes:
-        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
+    if cache_paths:
+        with open_collection(list(cache_paths), split) as collection:
             rows = write_model_scores(path, collection.items, texts, scorers[0].score(collection, texts))
     else:
         collection = index_collection(indexes[0], split)

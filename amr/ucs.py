@@ -31,6 +31,7 @@ from amr.errors import AmrError
 
 UCS_VERSION = "8.2.1"
 UCS_LIST = Path(__file__).parent / "resources" / f"ucs-{UCS_VERSION}-en.json"
+UCS_ENTRIES = 752  # in the list, one per CatID: the most CatIDs `amr categorize --top` can give (known without reading it)
 # The metadata fields a UCS name gives, besides ``title`` and ``keywords``.
 UCS_FIELDS = ("ucs_catid", "category", "subcategory", "category_full", "vendor_category", "creator", "source", "user_category", "user_data")
 # What a block of a generated name may not hold: the block separator and characters file systems refuse.

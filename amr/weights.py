@@ -32,6 +32,7 @@ import torch
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
 from amr.audio import MelSettings
+from amr.config import DEFAULT_WEIGHTS
 from amr.console import progress, warn
 from amr.errors import AmrError
 from amr.files import atomic_output, remember_sha256, sha256_file
@@ -39,7 +40,6 @@ from amr.mobilenet import BLOCKS, LAST_CONV_EXPANSION, NUM_CLASSES, TIME_STRIDE,
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 WEIGHTS_DIR_ENV = "AMR_WEIGHTS_DIR"
-DEFAULT_WEIGHTS = "mn04_as"
 _CHUNK = 1 << 20
 
 

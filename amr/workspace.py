@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -92,6 +93,21 @@ class Workspace:
         if not resolved.exists():
             raise AmrError(f"the latest {kind} recorded in {self._pointers} is gone: {resolved}")
         return resolved
+
+    def evaluated(
+        self, checkpoints: Sequence[Path], index_paths: Sequence[Path], caches: Sequence[Path], zero_shot: bool, bm25: bool
+    ) -> tuple[list[Path], list[Path]]:
+        """The checkpoints and caches `amr evaluate` scores: those given, else
+        the latest checkpoint when no index and no baseline (``zero_shot``,
+        ``bm25``) is asked for, and the latest cache unless only indexes are
+        scored (on their own items: then no cache)."""
+        checkpoints = list(checkpoints)
+        if not checkpoints and not index_paths and not (zero_shot or bm25):
+            checkpoints = [self.latest("checkpoint")]
+        caches = list(caches)
+        if not caches and (checkpoints or zero_shot or not index_paths):
+            caches = [self.latest("cache")]
+        return checkpoints, caches
 
     def set_latest(self, kind: Kind, path: Path) -> None:
         """Record ``path`` as the latest ``kind``; a damaged latest.json is replaced (with a warning),

@@ -52,12 +52,8 @@ class ZeroShotRetriever:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return self.spec_of(self.config)
-
-    @staticmethod
-    def spec_of(config: ZeroShotConfig) -> dict[str, Any]:
-        """What load_zero_shot (through amr.retrievers.load_retriever) rebuilds it from."""
-        return {"kind": "zero-shot", **asdict(config), "metadata_fields": list(config.metadata_fields)}
+        """What an index records and `load_zero_shot` (through amr.retrievers.load_retriever) rebuilds it from."""
+        return {"kind": self.kind, **asdict(self.config), "metadata_fields": list(self.config.metadata_fields)}
 
     @cached_property
     def fingerprint(self) -> str:
@@ -156,13 +152,19 @@ def zero_shot_variants(ablate: bool, device: torch.device | str = "cpu") -> list
     return variants
 
 
+def zero_shot_retriever(config: ZeroShotConfig, device: torch.device | str = "cpu") -> ZeroShotRetriever:
+    """The zero-shot model of ``config``, its text encoder on ``device``."""
+    return ZeroShotRetriever(config, TextEncoder(config.text_model).to(device))
+
+
 def load_zero_shot(spec: dict[str, Any], device: torch.device | str = "cpu") -> ZeroShotRetriever:
+    """The zero-shot model a recorded ``spec`` (an index header's) describes."""
     fields = {k: v for k, v in spec.items() if k != "kind"}
     try:
         config = ZeroShotConfig(**fields)
     except TypeError as e:
         raise AmrError(f"zero-shot spec {spec} is not one this amr understands ({e})") from e
-    return ZeroShotRetriever(config, TextEncoder(config.text_model).to(device))
+    return zero_shot_retriever(config, device)
 
 
 def _read_descriptions(path: Path) -> dict[str, str]:

@@ -54,22 +54,24 @@ def evaluate_models(
 ) -> EvaluationReport:
     """`amr evaluate`: score checkpoints, indexes, the zero-shot model and BM25 side by side.
 
-    With neither checkpoints nor indexes the workspace's latest checkpoint is
-    evaluated, or none when only baselines (zero-shot, BM25) are asked for.
-    The items are those of ``cache_paths`` (default: the workspace's latest
-    cache), or, with only indexes and no caches, the first index's items.
+    The items are those of ``cache_paths``, or, with none, the first index's.
+    ``workspace``, when given, fills in the checkpoints and caches not given
+    as `amr evaluate` does (`Workspace.evaluated`: its latest ones).
     ``queries`` is a queries.jsonl (default: the items' captions), or
     ``relevance`` a DCASE 2025 metadata_eval.csv (`amr.dcase.read_relevance`;
     ``lenient`` skips and reports its rows that match nothing); ``curves``
     adds recall@1..50 for a plot; ``ks``, ``ap_ks``, ``ap_norm`` and ``submission`` as in `evaluate`."""
-    workspace = workspace or Workspace.resolve()
-    scorers, indexes, checkpoints = make_scorers(checkpoints, index_paths, zero_shot, ablate, bm25, workspace, device)
+    if workspace is not None:
+        checkpoints, cache_paths = workspace.evaluated(checkpoints, index_paths, cache_paths, zero_shot, bm25)
+    if not cache_paths and not index_paths:
+        raise AmrError("nothing to evaluate on: give caches or an index")
+    scorers, indexes = make_scorers(checkpoints, index_paths, zero_shot, ablate, bm25, device)
     if queries is not None and relevance is not None:
         raise AmrError("give --queries or --relevance, not both")
     explicit = load_queries(queries) if queries is not None else None
     options: dict[str, Any] = {"ap_ks": ap_ks, "ap_norm": ap_norm, "curves": curves, "submission": submission}
-    if cache_paths or checkpoints or zero_shot or not indexes:
-        with open_collection(list(cache_paths) or [workspace.latest("cache")], split) as collection:
+    if cache_paths:
+        with open_collection(list(cache_paths), split) as collection:
             if relevance is not None:
                 explicit = read_relevance(relevance, collection.items, lenient)
             return evaluate(scorers, collection, explicit, by, ks, **options)
@@ -85,14 +87,9 @@ def make_scorers(
     zero_shot: bool,
     ablate: bool,
     bm25: bool,
-    workspace: Workspace,
     device: torch.device | str,
-) -> tuple[list[Scorer], list[Index], list[Path]]:
-    """The scorers of `evaluate_models`, the indexes opened and the checkpoints
-    (the workspace's latest when nothing else is asked for)."""
-    checkpoints = list(checkpoints)
-    if not checkpoints and not index_paths and not (zero_shot or bm25):
-        checkpoints = [workspace.latest("checkpoint")]
+) -> tuple[list[Scorer], list[Index]]:
+    """The scorers of `evaluate_models` and the indexes opened."""
     names = model_names([*checkpoints, *index_paths])
     indexes = [Index(path) for path in index_paths]
     scorers: list[Scorer] = [RetrieverScorer(name, load_retriever(checkpoint_spec(path), device)) for name, path in zip(names, checkpoints)]
@@ -101,7 +98,7 @@ def make_scorers(
         scorers += [RetrieverScorer(name, retriever) for name, retriever in zero_shot_variants(ablate, device)]
     if bm25:
         scorers.append(BM25())
-    return scorers, indexes, checkpoints
+    return scorers, indexes
 
 
 def evaluate(

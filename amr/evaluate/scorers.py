@@ -23,10 +23,9 @@ from amr.fusion import Fusion
 from amr.index.build import ENCODE_BATCH
 from amr.index.reader import Index
 from amr.index.search import best_per_item
+from amr.items import ALL_SPLITS as ALL
 from amr.items import SPLITS, Item
 from amr.retrievers import Retriever, load_retriever
-
-ALL = "all"  # the split value that evaluates every item
 
 
 @dataclass

@@ -52,7 +52,6 @@ from amr.index.store import Rows, Store, StoreWriter, compact
 from amr.index.tune import build_ann
 from amr.items import changed_on_disk
 from amr.retrievers import Retriever, describe
-from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
 ENCODE_BATCH = 512  # items per Retriever.encode_items call
 # Dead (replaced) rows are compacted away when they are more than this share
@@ -74,18 +73,11 @@ class IndexReport:
     seconds: float
 
 
-def retriever_spec(
-    zero_shot: ZeroShotConfig | None,
-    checkpoint: Path | None,
-    append_to: Path | None,
-    latest_checkpoint: Callable[[], Path],
-) -> dict[str, Any]:
-    """Which model indexes: the zero-shot one (with its options), the checkpoint
-    given, else the one the index appended to was built with, else the latest."""
-    if zero_shot is not None:
-        if checkpoint is not None:
-            raise AmrError("--zero-shot and --checkpoint exclude each other")
-        return ZeroShotRetriever.spec_of(zero_shot)
+def retriever_spec(checkpoint: Path | None, append_to: Path | None, latest_checkpoint: Callable[[], Path]) -> dict[str, Any]:
+    """The recorded spec of the model that indexes when it is not the zero-shot
+    one (`amr.zeroshot.zero_shot_retriever`, built from its config): the
+    checkpoint given, else the one the index appended to was built with, else
+    the latest."""
     if checkpoint is not None:
         return checkpoint_spec(checkpoint)
     if append_to is not None:
