@@ -22,19 +22,19 @@ of each segment, sigmoid(head(mean of its frames)), are computed at extract
 time from the float32 frames (as the clip's tags are) and stored here with
 their spans, so an index cuts exactly the spans the tags belong to. A clip the
 grid keeps whole stores nothing extra: its one segment is the clip, with the
-clip's tags. Caches of different grids are not merged (amr.extract refuses).
+clip's tags. Caches of different grids are not merged (amr.extraction refuses).
 
 Sequences are concatenated rather than stored one dataset per item, so that a
 cache of 100k clips opens in milliseconds and reads in large contiguous chunks.
 A cache is written by an extraction run as *parts* (small files, each complete,
-renamed into place atomically) that are merged at the end; see amr.extract.
+renamed into place atomically) that are merged at the end; see amr.extraction.
 Every write goes through a temporary name unique to the writer, so a killed
 or concurrent writer never leaves a half-written file under a cache's name.
 
 Version 3 added the segment grid and the segment datasets; a version 2 cache
 (same frames, no segment tags) is refused with a message to extract again, as
 nothing had been released with it. Version 2's frames are the pretrained
-model's at every clip length (amr.encoder). Version 1 padded partial windows
+model's at every clip length (amr.audio.encoder). Version 1 padded partial windows
 with silence, which changed their frames (cosine ~0.9), so a version 1 cache
 is refused rather than mixed with exact ones.
 """

@@ -3,7 +3,7 @@
 Each of the 752 UCS entries becomes one text — its category and subcategory,
 explanation and synonyms (`amr.ucs.Category.text`) — embedded once per run
 by the zero-shot retriever's text encoder. An item is scored against every
-entry with the zero-shot machinery (`amr.zeroshot`): cosine between the
+entry with the zero-shot machinery (`amr.model.zeroshot`): cosine between the
 entry's embedding and the item's fused vector α·a + β·m, a the label–text
 bridge of its tag probabilities (what the tagger hears), m its metadata text.
 ``audio`` and ``metadata`` use one half only; an item without metadata is
@@ -44,9 +44,9 @@ from amr.cache import EmbeddingCache
 from amr.datasets.folder import clean_name
 from amr.errors import AmrError
 from amr.items import Item
-from amr.text import TextEncoder
+from amr.model.text import TextEncoder
+from amr.model.zeroshot import ZeroShotConfig, ZeroShotRetriever
 from amr.ucs import UCS_VERSION, categories, ucs_file_name
-from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
 UNDO_FORMAT = "amr-rename-undo"
 UNDO_VERSION = 1

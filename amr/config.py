@@ -2,10 +2,10 @@
 
 `amr --help` shows these defaults, and every command's options are built
 from them when `amr.cli` is imported: so they live here, apart from the
-torch, numpy and FAISS code that uses them (amr.model, amr.train,
-amr.zeroshot, amr.index.build, amr.serve re-export what they use). The other
+torch, numpy and FAISS code that uses them (amr.model.model, amr.training,
+amr.model.zeroshot, amr.index.build, amr.server.app re-export what they use). The other
 vocabularies live in light modules of their own concern: devices in
-amr.devices, splits in amr.items, fusion modes in amr.fusion, output
+amr.devices, splits in amr.items, fusion modes in amr.model.fusion, output
 formats in amr.results, kinds of approximate index in amr.index.kinds.
 """
 
@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
-from amr.audioset import NUM_CLASSES
+from amr.audio.audioset import NUM_CLASSES
 from amr.errors import AmrError
-from amr.fusion import Fusion, Init
 from amr.items import METADATA_FIELDS
-from amr.text_input import DEFAULT_TEXT_MODEL, POOLINGS
+from amr.model.fusion import Fusion, Init
+from amr.model.text_input import DEFAULT_TEXT_MODEL, POOLINGS
 
-DEFAULT_WEIGHTS = "mn04_as"  # the audio model `amr extract` embeds with unless told otherwise (amr.weights)
+DEFAULT_WEIGHTS = "mn04_as"  # the audio model `amr extract` embeds with unless told otherwise (amr.audio.weights)
 # The longest clip a query by example may be (seconds of decoded audio, whatever the file's size: a
 # FLAC of hours of silence is small). Its embedding is a few MB and a second or two of CPU time.
 MAX_EXAMPLE_SECONDS = 300.0
@@ -31,14 +31,14 @@ BY_FIELDS = ("split", "has_metadata", *(f"has_{name}" for name in METADATA_FIELD
 By = StrEnum("By", {name: name for name in BY_FIELDS})
 CAPTIONS = "captions"  # the metadata "field" of Clotho's full-sentence setting
 
-# `amr serve` (amr.serve): where it listens unless told otherwise (loopback: this machine only), and
+# `amr serve` (amr.server.app): where it listens unless told otherwise (loopback: this machine only), and
 # the largest clip it accepts for query by example.
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8000
 UPLOAD_LIMIT = 64 << 20  # bytes: about 6 minutes of 16-bit 44.1 kHz stereo WAV
 
 
-# --- the model (amr.model) -----------------------------------------------------------------
+# --- the model (amr.model.model) -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ModelConfig:
     a minute on two CPU cores, and the audio tower is nearly all of that time.
     Width 256 costs about twice as much per step; on sfx-dev's val split width
     128 x 2 layers matched 256 x 2 and 256 x 1 within seed noise.
-    ``init`` zero-shot (see amr.heads) makes the retrieval space the text
+    ``init`` zero-shot (see amr.model.heads) makes the retrieval space the text
     encoder's; random makes it ``width`` wide. ``text_pooling`` is the text
     model's own ("" until training fills it in). ``metadata`` lists item fields
     (amr.items.METADATA_FIELDS) or is ("captions",) for Clotho's
@@ -128,7 +128,7 @@ def _check_type(name: str, value: object, annotation: str) -> None:
         raise AmrError(f"model option {name} must be {annotation}, got {value!r}")
 
 
-# --- training (amr.train) -----------------------------------------------------------------
+# --- training (amr.training) -----------------------------------------------------------------
 
 
 class Validation(StrEnum):
@@ -150,7 +150,7 @@ class TrainConfig:
     (ModelConfig.init's default); metadata dropout 0.15 (that share of the
     pairs trains without its metadata, the case of items that have none); the
     kept model halfway between the start and the trained weights
-    (``interpolation`` 0.5, see amr.train).
+    (``interpolation`` 0.5, see amr.training).
     """
 
     caches: tuple[str, ...] = ()
@@ -192,7 +192,7 @@ class TrainConfig:
             raise AmrError(f"interpolation {self.interpolation} is not in [0, 1] (0: the zero-shot start, 1: the trained model)")
 
 
-# --- the zero-shot model (amr.zeroshot) ----------------------------------------------------
+# --- the zero-shot model (amr.model.zeroshot) ----------------------------------------------------
 
 
 @dataclass(frozen=True)

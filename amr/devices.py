@@ -41,7 +41,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def query_device(name: str) -> torch.device | str:
     """``"cpu"`` as it is, without importing torch (a text query is encoded on
-    onnxruntime there: amr.query_encoder), else the torch device it stands for."""
+    onnxruntime there: amr.model.query_encoder), else the torch device it stands for."""
     return Device.cpu.value if name == Device.cpu else resolve_device(name)
 
 

@@ -69,7 +69,7 @@ class Query:
 @dataclass
 class ClipFailure:
     """A clip that could not be embedded, as `amr extract` reports it in
-    ``<cache>.failures.jsonl``: ``kind`` is an amr.audio.AudioError kind, or
+    ``<cache>.failures.jsonl``: ``kind`` is an amr.audio.frontend.AudioError kind, or
     ``unreadable`` (a file or folder that cannot be read, a name that cannot be stored)."""
 
     id: str

@@ -2,7 +2,7 @@
 
 `amr query --server URL` (or with ``$AMR_SERVER`` set) is a client of a
 running `amr serve`: it runs here, on the standard library and amr's light
-modules alone (amr.client, amr.results), so a shell loop of queries pays
+modules alone (amr.server.client, amr.results), so a shell loop of queries pays
 Python's start-up and one HTTP request, not the 0.15 s of importing typer and
 the CLI. Only the options a client needs are read here (query texts, ``-``,
 ``--audio``, ``--top``, ``--format``, ``--explain``, ``--exact``,
@@ -42,8 +42,8 @@ _VALUES = {"--top": "top", "-k": "top", "--format": "fmt", "-f": "fmt", "--serve
 def client_query(args: list[str], environ: dict[str, str] | os._Environ[str]) -> ClientQuery | None:
     """``args`` (after ``amr``) as a client query, or None when they are not
     one this entry point can run by itself (then amr.cli takes them)."""
+    from amr.model.text_input import normalize_text
     from amr.results import Format
-    from amr.text_input import normalize_text
 
     if not args or args[0] != "query":
         return None
@@ -85,9 +85,9 @@ def client_query(args: list[str], environ: dict[str, str] | os._Environ[str]) ->
 
 def run_client(plan: ClientQuery) -> int:
     """Send the queries to the server and print its answers; the exit code."""
-    from amr.client import Client
     from amr.errors import AmrError
     from amr.results import Format, gather_queries, print_outcomes
+    from amr.server.client import Client
 
     try:
         client = Client(plan.server)

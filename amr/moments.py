@@ -170,8 +170,8 @@ def retrieve_moments(
     retriever: Any, queries: Sequence[MomentQuery], caches: Sequence[Any], tagger: Any, config: RefineConfig = RefineConfig()
 ) -> tuple[list[list[Moment]], list[list[Moment]]]:
     """Each query's ranked moments in its recording, on the grid and refined:
-    ``retriever`` an amr.retrievers.Retriever, ``caches`` the open embedding
-    caches holding the recordings, ``tagger`` the amr.encoder.AudioEncoder
+    ``retriever`` an amr.model.retrievers.Retriever, ``caches`` the open embedding
+    caches holding the recordings, ``tagger`` the amr.audio.encoder.AudioEncoder
     they were extracted with (for the tag probabilities of the fine windows)."""
     from amr.cache import Segment
 
@@ -269,8 +269,8 @@ def evaluate_moments(
     refined, for the queries of ``path`` (`read_moments`) in the recordings of
     the caches; the tagger is the caches' audio
     model (``audio_weights``, else found as `amr extract` finds it)."""
+    from amr.audio.encoder import ClipEmbedder
     from amr.cache import open_caches
-    from amr.encoder import ClipEmbedder
     from amr.evaluate import make_scorers
 
     queries = read_moments(path)

@@ -6,7 +6,7 @@ search per batch) and come out as `Result` records in input order, or as a
 `Failure` for a query that could not be run. Reading queries and writing
 results (jsonl, tsv, table) is amr.results.
 
-Text queries are encoded by the index's query encoder (amr.query_encoder:
+Text queries are encoded by the index's query encoder (amr.model.query_encoder:
 onnxruntime, no torch), else by the model that built the index; an example
 clip needs that model (torch), loaded on the first one.
 """
@@ -25,15 +25,15 @@ from amr.config import MAX_EXAMPLE_SECONDS
 from amr.errors import AmrError
 from amr.index.reader import Index, open_index
 from amr.index.search import explain, machine_tags, search
-from amr.query_encoder import QueryEncoder, open_query_encoder
+from amr.model.query_encoder import QueryEncoder, open_query_encoder
+from amr.model.retrievers import Retriever, load_retriever
+from amr.model.text_input import normalize_text
 from amr.results import QUERY_BATCH, Failure, QueryInput, Result
-from amr.retrievers import Retriever, load_retriever
-from amr.text_input import normalize_text
 
 if TYPE_CHECKING:
     import torch
 
-    from amr.encoder import ClipEmbedder
+    from amr.audio.encoder import ClipEmbedder
     from amr.moments import MomentRefiner
 
 # A clip asks for items that sound alike: ranked by the cosine of audio-tower
@@ -86,7 +86,7 @@ class Searcher:
     def embedder(self) -> ClipEmbedder:
         """The audio model of the index's caches, loaded on the first query by example."""
         if self.clip_embedder is None:
-            from amr.encoder import ClipEmbedder
+            from amr.audio.encoder import ClipEmbedder
 
             self.clip_embedder = ClipEmbedder.for_index(self.index, self.audio_weights, self.max_example_seconds, self.device)
         return self.clip_embedder
@@ -117,7 +117,7 @@ def open_searcher(
     if checkpoint is not None or str(device) != "cpu":
         import torch
 
-        from amr.checkpoint import checkpoint_spec
+        from amr.model.checkpoint import checkpoint_spec
 
         torch.set_num_threads(threads)
         spec = checkpoint_spec(checkpoint) if checkpoint is not None else index.header.retriever

@@ -1,8 +1,8 @@
 """What `amr query` reads and writes, importing nothing heavy: query inputs (arguments,
 stdin lines), the result records, and their formats (jsonl, tsv, table).
 
-Shared by the local search (amr.query), the server (amr.serve) and the
-client of a running server (amr.client), so all three print the same records.
+Shared by the local search (amr.query), the server (amr.server.app) and the
+client of a running server (amr.server.client), so all three print the same records.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-SERVER_ENV = "AMR_SERVER"  # the `amr serve` that `amr query` sends its queries to (amr.client), when set
-# Queries are encoded and searched this many at a time (amr.query), and sent so to a server (amr.client).
+SERVER_ENV = "AMR_SERVER"  # the `amr serve` that `amr query` sends its queries to (amr.server.client), when set
+# Queries are encoded and searched this many at a time (amr.query), and sent so to a server (amr.server.client).
 QUERY_BATCH = 64
 
 

@@ -20,7 +20,7 @@ Measured, side by side with the target of issue 19:
   encoder is that of an untrained model of the default configuration;
 * ``amr serve``: seconds from its start to its first answer, then
   ``amr query --server`` against it;
-* the query encoder's settings (amr.query_encoder), each in a fresh process:
+* the query encoder's settings (amr.model.query_encoder), each in a fresh process:
   seconds to start an onnxruntime session on the sfx-dev zero-shot index's
   graph and ms per encoding of one short query, for each graph optimisation
   level and intra-op thread count, with the weights as external data (what
@@ -108,9 +108,9 @@ def million(work: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).parent))
     import query as bench_query  # bench/query.py
 
-    from amr.checkpoint import checkpoint_spec
     from amr.index.build import add_ann, refresh_query_encoder
-    from amr.retrievers import load_retriever
+    from amr.model.checkpoint import checkpoint_spec
+    from amr.model.retrievers import load_retriever
 
     checkpoint = bench_query.untrained_checkpoint(work / "million" / "checkpoint", None, None)
     started = time.perf_counter()
@@ -189,7 +189,7 @@ def encoder_settings(index: Path, runs: int) -> list[dict]:
 
     from amr.index.format import query_folder
     from amr.index.reader import open_index
-    from amr.query_encoder import GRAPH
+    from amr.model.query_encoder import GRAPH
 
     graph = query_folder(index, open_index(index).header.query_encoder["token"]) / GRAPH
     embedded = index.with_name("embedded.onnx")

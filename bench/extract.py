@@ -14,7 +14,7 @@ both alike:
   * a fresh `python -m amr extract SET -o CACHE` process (start-up, decoding,
     the model, writing parts and the merge: everything a user waits for);
   * a fresh process of the plain per-file loop, as a user of EfficientAT would
-    write it: for each file in turn decode and resample (amr.audio: soundfile
+    write it: for each file in turn decode and resample (amr.audio.frontend: soundfile
     and torchaudio's filter, computed faster than torchaudio.functional.resample,
     so this baseline is if anything quick), compute the log-mel (EfficientAT's
     AugmentMelSTFT in eval mode) and run the pretrained model (its own forward,
@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 
 from amr.cache import EmbeddingCache  # noqa: E402
 from amr.datasets import load_dataset  # noqa: E402
-from amr.extract.workers import available_cores  # noqa: E402
+from amr.extraction.workers import available_cores  # noqa: E402
 from amr.items import Item  # noqa: E402
 
 SHARED = Path(os.environ.get("AMR_SHARED", REPO.parent / "shared"))
@@ -74,9 +74,9 @@ import sys
 from pathlib import Path
 import numpy as np
 import torch
-from amr import audio
+from amr.audio.frontend import frontend as audio
 from amr.datasets import load_dataset
-from amr.weights import load_audio_model, resolve_weights
+from amr.audio.weights import load_audio_model, resolve_weights
 torch.set_num_threads(int(sys.argv[2]))
 weights = resolve_weights("mn04_as")
 model = load_audio_model(weights)
@@ -102,10 +102,10 @@ RAY_END_TO_END = """
 import json, sys, time
 from pathlib import Path
 import ray
-import amr.extract
+import amr.extraction
 from amr.datasets import load_dataset
-from amr.extract.ray import RayEngine, ray_session
-from amr.weights import resolve_weights
+from amr.extraction.ray import RayEngine, ray_session
+from amr.audio.weights import resolve_weights
 items = load_dataset(Path(sys.argv[2]), allow_outside_root=True).items
 weights = resolve_weights("mn04_as")
 engine = RayEngine()
@@ -113,7 +113,7 @@ started = time.perf_counter()
 with ray_session():
     ray_start = time.perf_counter() - started
     started = time.perf_counter()
-    report = amr.extract.extract(items, Path(sys.argv[1]), weights, progress=False, engine=engine)
+    report = amr.extraction.extract(items, Path(sys.argv[1]), weights, progress=False, engine=engine)
     seconds = time.perf_counter() - started
     cpus = int(ray.cluster_resources()["CPU"])
 print(json.dumps({"clips": report.items, "seconds": seconds, "ray_start_seconds": ray_start, "cpus": cpus}))
@@ -278,7 +278,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    from amr.weights import resolve_weights
+    from amr.audio.weights import resolve_weights
 
     settings = resolve_weights("mn04_as").audio
     args.window_seconds, args.sample_rate = settings.window_seconds, settings.sample_rate

@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from amr.audio import load_audio
+from amr.audio.encoder import ClipEmbedder
+from amr.audio.frontend import load_audio
+from amr.audio.weights import resolve_weights
 from amr.cache import EmbeddingCache
 from amr.datasets import load_dataset
-from amr.encoder import ClipEmbedder
-from amr.extract import extract
+from amr.extraction import extract
+from amr.model.zeroshot import zero_shot_variants
 from amr.moments import MomentQuery, RefineConfig, moment_metrics, retrieve_moments
-from amr.weights import resolve_weights
-from amr.zeroshot import zero_shot_variants
 
 RATE = 32000
 SHARED = Path(os.environ.get("AMR_SHARED", Path(__file__).resolve().parents[2] / "shared"))

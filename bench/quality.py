@@ -44,15 +44,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from amr.audio.weights import resolve_weights  # noqa: E402
 from amr.cache import ClipEmbedding, EmbeddingCache, write_cache  # noqa: E402
 from amr.config import TrainConfig  # noqa: E402
 from amr.datasets import load_dataset  # noqa: E402
 from amr.evaluate import evaluate_models  # noqa: E402
-from amr.extract import extract  # noqa: E402
+from amr.extraction import extract  # noqa: E402
 from amr.items import Item, Query, write_jsonl  # noqa: E402
-from amr.model import ModelConfig  # noqa: E402
-from amr.train import train  # noqa: E402
-from amr.weights import resolve_weights  # noqa: E402
+from amr.model.model import ModelConfig  # noqa: E402
+from amr.training import train  # noqa: E402
 from amr.workspace import Workspace  # noqa: E402
 
 SHARED = REPO.parent / "shared"

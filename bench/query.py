@@ -54,7 +54,7 @@ same anisotropic noise: queries near the items, as a text query sits near
 the clips it describes.
 
 Without --checkpoint the query encoder is an untrained model of the default
-configuration (amr.model.ModelConfig; ``--init random`` for a random-init
+configuration (amr.model.model.ModelConfig; ``--init random`` for a random-init
 one): its dimension and encoding cost are those of a trained one (768 dims
 from a zero-shot start, 2 x width = 256 from a random one), which is all a
 latency measurement needs. Timings on a shared 2-core machine move with its
@@ -78,7 +78,6 @@ from pathlib import Path
 import numpy as np
 
 from amr.cache import CacheInfo
-from amr.checkpoint import checkpoint_spec
 from amr.errors import AmrError
 from amr.index.ann import load_faiss, pq_lists, pq_sub_quantizers
 from amr.index.build import add_ann
@@ -88,8 +87,9 @@ from amr.index.search import exact_search, search
 from amr.index.store import Rows
 from amr.index.tune import recall_at
 from amr.items import Item
+from amr.model.checkpoint import checkpoint_spec
+from amr.model.retrievers import load_retriever
 from amr.query import QueryInput, Searcher, run_queries
-from amr.retrievers import load_retriever
 
 faiss = load_faiss()
 
@@ -280,11 +280,11 @@ def untrained_checkpoint(directory: Path, width: int | None, init: str | None) -
 
     import torch
 
-    from amr.checkpoint import save_model, write_config
+    from amr.audio.weights import WEIGHTS
     from amr.config import TrainConfig
-    from amr.model import ModelConfig, RetrievalModel
-    from amr.text import TextEncoder
-    from amr.weights import WEIGHTS
+    from amr.model.checkpoint import save_model, write_config
+    from amr.model.model import ModelConfig, RetrievalModel
+    from amr.model.text import TextEncoder
 
     torch.manual_seed(0)
     entry = WEIGHTS["mn04_as"]

@@ -8,7 +8,7 @@ The set is synthetic but shaped like Clotho development: 3,839 clips of 15–30 
 (uniform) at mn04's 3.125 frames/s and 384 dims, five captions each (19,195
 training pairs) of 8–20 words, 5–10 keywords per clip as metadata, and a
 validation split of 1,045 clips (5,225 queries). It runs the real training
-code (amr.train.train) for one epoch into a temporary checkpoint and reads the
+code (amr.training.train) for one epoch into a temporary checkpoint and reads the
 epoch record of its log.jsonl, which times:
 
 * the training loop and, inside it, the model's forward and backward pass
@@ -43,8 +43,8 @@ import torch
 from amr.cache import CacheInfo, ClipEmbedding, write_cache
 from amr.config import TrainConfig
 from amr.items import Item
-from amr.model import ModelConfig
-from amr.train import train
+from amr.model.model import ModelConfig
+from amr.training import train
 
 CLOTHO_TRAIN_CLIPS = 3839
 CLOTHO_VAL_CLIPS = 1045

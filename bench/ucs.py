@@ -32,11 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from amr.audio.weights import resolve_weights  # noqa: E402
 from amr.categorize import Source, UcsScorer, categorize  # noqa: E402
 from amr.datasets import load_dataset  # noqa: E402
-from amr.extract import extract  # noqa: E402
+from amr.extraction import extract  # noqa: E402
 from amr.ucs import categories  # noqa: E402
-from amr.weights import resolve_weights  # noqa: E402
 
 SHARED = Path(os.environ.get("AMR_SHARED") or REPO.parent / "shared")
 

@@ -26,7 +26,7 @@ def mn04_weights(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def text_encoder():
     """The default text encoder (all-MiniLM-L6-v2), loaded once; tests must leave it in eval mode."""
-    from amr.text import TextEncoder
+    from amr.model.text import TextEncoder
 
     return TextEncoder()
 
@@ -34,7 +34,7 @@ def text_encoder():
 @pytest.fixture(scope="session")
 def mn04_model(mn04_weights: Path):
     """The EfficientAT mn04 tagger in eval mode, loaded once per session; do not modify it."""
-    from amr.weights import load_audio_model, resolve_weights
+    from amr.audio.weights import load_audio_model, resolve_weights
 
     return load_audio_model(resolve_weights("mn04_as", mn04_weights))
 
@@ -42,9 +42,9 @@ def mn04_model(mn04_weights: Path):
 @pytest.fixture(scope="session")
 def sounds_cache(tmp_path_factory, shared: Path, mn04_weights: Path) -> Path:
     """The real `sounds` set (39 clips, 15 without metadata) extracted once per session with mn04."""
+    from amr.audio.weights import resolve_weights
     from amr.datasets import load_dataset
-    from amr.extract import extract
-    from amr.weights import resolve_weights
+    from amr.extraction import extract
 
     out = tmp_path_factory.mktemp("sounds") / "sounds.mn04_as.h5"
     items = load_dataset(shared / "data" / "sounds").items

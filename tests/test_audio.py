@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from amr import audio
-from amr.audio import AudioError, MelFrontEnd, spec_augment
-from amr.weights import EFFICIENTAT_AUDIO
+from amr.audio import frontend as audio
+from amr.audio.frontend import AudioError, MelFrontEnd, spec_augment
+from amr.audio.weights import EFFICIENTAT_AUDIO
 
 MEL = EFFICIENTAT_AUDIO.mel
 SAMPLE_RATE = MEL.sample_rate

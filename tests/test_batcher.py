@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amr.encoder import AudioEncoder
-from amr.extract.batching import WindowBatcher
-from amr.mobilenet import MobileNetV3
-from amr.weights import EFFICIENTAT_AUDIO
+from amr.audio.encoder import AudioEncoder
+from amr.audio.mobilenet import MobileNetV3
+from amr.audio.weights import EFFICIENTAT_AUDIO
+from amr.extraction.batching import WindowBatcher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest, and immune to a busy machine
 

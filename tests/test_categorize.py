@@ -27,9 +27,9 @@ NAMES = {
 
 @pytest.fixture(scope="module")
 def library_cache(tmp_path_factory, shared: Path, mn04_weights: Path) -> tuple[Path, Path]:
+    from amr.audio.weights import resolve_weights
     from amr.datasets import load_dataset
-    from amr.extract import extract
-    from amr.weights import resolve_weights
+    from amr.extraction import extract
 
     root = tmp_path_factory.mktemp("categorize") / "lib"
     (root / "Storms").mkdir(parents=True)

@@ -17,7 +17,7 @@ from test_index import make_cache as make_library
 from test_train import TINY, configs, synthetic_cache
 
 from amr import __version__
-from amr.train import train
+from amr.training import train
 
 AMR = Path(sys.executable).with_name("amr")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

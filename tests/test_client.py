@@ -1,4 +1,4 @@
-"""amr.client's HTTP/1.1 over a plain socket, against a scripted server: the answers of a
+"""amr.server.client's HTTP/1.1 over a plain socket, against a scripted server: the answers of a
 real `amr serve` are tested in tests/test_query_encoder.py; here the framings and the
 closed connections that uvicorn may also send."""
 
@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from amr.client import Client, Connection
 from amr.errors import AmrError
+from amr.server.client import Client, Connection
 
 INFO = json.dumps({"parts": ["audio"], "page_limit": 100}).encode()
 

@@ -15,9 +15,9 @@ from test_evaluate import SLOTS, FakeRetriever, fake_kind, make_cache  # noqa: F
 from typer.testing import CliRunner
 
 from amr.cli import app
-from amr.dcase import read_relevance, write_model_scores, write_submission
 from amr.errors import AmrError
 from amr.evaluate import RetrieverScorer, evaluate, open_collection
+from amr.evaluate.dcase import read_relevance, write_model_scores, write_submission
 from amr.items import Item
 from amr.metrics import APNorm
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_train import configs, synthetic_cache
 
-from amr.checkpoint import load_checkpoint
 from amr.devices import resolve_device
 from amr.errors import AmrError
-from amr.train import train
+from amr.model.checkpoint import load_checkpoint
+from amr.training import train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from amr.audio import load_audio
+from amr.audio.encoder import MIN_WIDTH, AudioEncoder, ClipEmbedder
+from amr.audio.frontend import load_audio
+from amr.audio.mobilenet import MobileNetV3
+from amr.audio.weights import EFFICIENTAT_AUDIO, resolve_weights
 from amr.cache import CacheInfo
-from amr.encoder import MIN_WIDTH, AudioEncoder, ClipEmbedder
 from amr.errors import AmrError
-from amr.mobilenet import MobileNetV3
-from amr.weights import EFFICIENTAT_AUDIO, resolve_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest, and immune to a busy machine
 
@@ -40,7 +40,7 @@ def signal(shared: Path) -> np.ndarray:
 
 
 def _windows(signal: np.ndarray, seconds: float) -> list[np.ndarray]:
-    """The first `seconds` of the signal, cut into the model's windows as amr.audio cuts a file."""
+    """The first `seconds` of the signal, cut into the model's windows as amr.audio.frontend cuts a file."""
     clip = signal[: round(seconds * RATE)]
     return [clip[i : i + AUDIO.window_samples] for i in range(0, len(clip), AUDIO.window_samples)]
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from amr.baselines import BM25, tokenize
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.cli import app
 from amr.errors import AmrError
@@ -33,12 +32,13 @@ from amr.evaluate import (
     render_table,
     write_per_query,
 )
-from amr.fusion import Fusion
+from amr.evaluate.baselines import BM25, tokenize
 from amr.index.build import build_index
 from amr.index.reader import open_index
 from amr.items import Item, Query
 from amr.metrics import retrieval_metrics
-from amr.retrievers import RETRIEVER_KINDS
+from amr.model.fusion import Fusion
+from amr.model.retrievers import RETRIEVER_KINDS
 
 SLOTS = 8
 

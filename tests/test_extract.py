@@ -19,15 +19,15 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from amr.audio.encoder import ClipEmbedder
+from amr.audio.weights import resolve_weights
 from amr.cache import ClipEmbedding, EmbeddingCache, read_info, write_cache
 from amr.cli import app
 from amr.datasets import load_dataset
-from amr.encoder import ClipEmbedder
 from amr.errors import AmrError
-from amr.extract import extract, failures_path, parts_folder
+from amr.extraction import extract, failures_path, parts_folder
 from amr.files import lock_path
 from amr.items import Item
-from amr.weights import resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,7 +224,7 @@ def test_bad_audio_is_reported_by_name_and_the_run_goes_on(tmp_path: Path, mn04_
 
 def test_long_file_split_into_worker_segments(tmp_path: Path, weights, monkeypatch) -> None:
     """A clip longer than one worker segment is decoded in several tasks and reassembled in order."""
-    import amr.extract.decoding as extract_module
+    import amr.extraction.decoding as extract_module
 
     path = tmp_path / "long.wav"
     rng = np.random.default_rng(1)
@@ -249,8 +249,8 @@ def test_cache_is_bit_identical_to_each_clip_embedded_alone(sounds: list[Item], 
     segments with tags of their own."""
     import torch
 
-    from amr.encoder import AudioEncoder
-    from amr.extract.workers import embed_items
+    from amr.audio.encoder import AudioEncoder
+    from amr.extraction.workers import embed_items
     from amr.segments import SegmentGrid
 
     long = tmp_path / "long 200 s.wav"
@@ -284,7 +284,7 @@ def test_cache_is_bit_identical_to_each_clip_embedded_alone(sounds: list[Item], 
 
 def test_available_cores_reads_the_cgroup_quota(tmp_path: Path) -> None:
     """A container's CPU quota caps the cores (rounded up), cgroup v2 and v1; none, or no cgroups, leaves the affinity mask."""
-    from amr.extract.workers import _cpu_quota
+    from amr.extraction.workers import _cpu_quota
 
     v2, v1 = tmp_path / "v2", tmp_path / "v1"
     (v2 / "box").mkdir(parents=True)
@@ -315,11 +315,11 @@ KILLABLE = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    import amr.extract.workers
+    import amr.extraction.workers
     from amr.datasets import load_dataset
-    from amr.extract import extract
-    from amr.weights import resolve_weights
-    amr.extract.workers.MAX_WAIT_WINDOWS = 4  # few clips: let rare buckets run early, so that parts appear mid-run
+    from amr.extraction import extract
+    from amr.audio.weights import resolve_weights
+    amr.extraction.workers.MAX_WAIT_WINDOWS = 4  # few clips: let rare buckets run early, so that parts appear mid-run
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
     extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=8)
     """
@@ -332,19 +332,19 @@ GATED = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import amr.extract.run
+    import amr.extraction.run
     from amr.datasets import load_dataset
-    from amr.weights import resolve_weights
-    embed_items, gate = amr.extract.run.embed_items, Path(sys.argv[5])
+    from amr.audio.weights import resolve_weights
+    embed_items, gate = amr.extraction.run.embed_items, Path(sys.argv[5])
 
     def gated(*args, **kwargs):
         while not gate.exists():
             time.sleep(0.05)
         yield from embed_items(*args, **kwargs)
 
-    amr.extract.run.embed_items = gated
+    amr.extraction.run.embed_items = gated
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
-    amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=8)
+    amr.extraction.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=8)
     """
 )
 
@@ -413,7 +413,7 @@ def test_cache_holds_the_pretrained_models_frames(sounds_cache: Path, mn04_model
     the largest value, see test_encoder); cosine >= 0.9995 is issue 13's target."""
     import torch
 
-    from amr import audio
+    from amr.audio import frontend as audio
 
     front_end = audio.MelFrontEnd(weights.audio.mel)
     with EmbeddingCache(sounds_cache) as cache, torch.inference_mode():
@@ -433,7 +433,7 @@ def test_cache_holds_the_pretrained_models_frames(sounds_cache: Path, mn04_model
 def test_reruns_are_bit_identical_whatever_the_order(shared: Path, weights, tmp_path: Path) -> None:
     """Issue 13: a rerun on sfx-dev changed an 11,025 Hz clip by a float16 step. Clips come out
     of the workers in another order each run, so a window lands in another batch and row;
-    shuffling the items forces that (the code before amr.encoder changed 16 of the 856 clips
+    shuffling the items forces that (the code before amr.audio.encoder changed 16 of the 856 clips
     this way). Every value must still be equal, bit for bit."""
     import random
 
@@ -487,7 +487,7 @@ def test_a_second_run_on_the_same_cache_stops_at_once(shared: Path, weights, tmp
 
 
 def test_parts_of_two_writers_never_collide(tmp_path: Path, sounds_cache: Path) -> None:
-    from amr.extract.parts import PartWriter
+    from amr.extraction.parts import PartWriter
 
     info = read_info(sounds_cache)
     with EmbeddingCache(sounds_cache) as cache:
@@ -506,11 +506,11 @@ def test_parts_of_two_writers_never_collide(tmp_path: Path, sounds_cache: Path) 
 SIZE_LIMITED = textwrap.dedent(
     """
     import resource, signal, sys
-    import amr.extract
+    import amr.extraction
     from amr.cli import main
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
-    amr.extract.extract.__kwdefaults__["part_size"] = 8
+    amr.extraction.extract.__kwdefaults__["part_size"] = 8
     sys.argv = ["amr", *sys.argv[2:]]
     main()
     """

@@ -22,7 +22,7 @@ from amr.cli import app
 from amr.datasets import detect_layout, load_dataset
 from amr.datasets.folder import clean_name
 from amr.errors import AmrError
-from amr.extract import failures_path
+from amr.extraction import failures_path
 
 DUCK_COMMENT = (
     "XC62258 \u00a9 Jonathon Jongsma // Powderhorn Park, Minneapolis, MN (44.942, -93.259), United States // 250m // "

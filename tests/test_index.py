@@ -15,17 +15,17 @@ import h5py
 import numpy as np
 import pytest
 
+from amr.audio.mobilenet import audioset_class_names
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.errors import AmrError
-from amr.fusion import Fusion
 from amr.index.build import build_index
 from amr.index.format import TAGS_STORED, sidecar_path
 from amr.index.reader import open_index
 from amr.index.search import exact_search, explain, machine_tags, search
 from amr.items import Item, metadata_text
-from amr.mobilenet import audioset_class_names
-from amr.retrievers import RETRIEVER_KINDS
-from amr.text import normalize_text
+from amr.model.fusion import Fusion
+from amr.model.retrievers import RETRIEVER_KINDS
+from amr.model.text import normalize_text
 
 C = 16  # frame embedding size of the fake caches
 D = 32  # size of each segment of the fake retriever

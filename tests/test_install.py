@@ -21,7 +21,7 @@ import pytest
 
 import amr
 from amr.errors import AmrError
-from amr.text import DEFAULT_TEXT_MODEL, resolve_text_model
+from amr.model.text import DEFAULT_TEXT_MODEL, resolve_text_model
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTES = 60

@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import amr.extract.run
-from amr.audio import load_audio
+import amr.extraction.run
+from amr.audio.encoder import ClipEmbedder
+from amr.audio.frontend import load_audio
+from amr.audio.mobilenet import audioset_class_names
+from amr.audio.weights import resolve_weights
 from amr.cache import ClipEmbedding, EmbeddingCache, Segment, read_info, write_cache
 from amr.datasets import load_dataset
-from amr.encoder import ClipEmbedder
 from amr.errors import AmrError
-from amr.extract import extract, parts_folder
+from amr.extraction import extract, parts_folder
 from amr.items import Item
-from amr.mobilenet import audioset_class_names
 from amr.segments import SegmentGrid
-from amr.weights import resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 32000  # the recordings are written at the model's rate, so no resampling blurs the offsets
@@ -219,10 +219,10 @@ STOPPED = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import amr.extract.run
+    import amr.extraction.run
     from amr.datasets import load_dataset
-    from amr.weights import resolve_weights
-    embed_items = amr.extract.run.embed_items
+    from amr.audio.weights import resolve_weights
+    embed_items = amr.extraction.run.embed_items
 
     def stopping(*args, **kwargs):
         for k, clip in enumerate(embed_items(*args, **kwargs)):
@@ -230,9 +230,9 @@ STOPPED = textwrap.dedent(
                 time.sleep(3600)
             yield clip
 
-    amr.extract.run.embed_items = stopping
+    amr.extraction.run.embed_items = stopping
     items = load_dataset(Path(sys.argv[1]), layout="folder").items
-    amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=1)
+    amr.extraction.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), workers=1, progress=False, part_size=1)
     """
 )
 
@@ -278,16 +278,16 @@ def test_a_rerun_computes_only_new_and_changed_files_and_drops_deleted_ones(soun
     shutil.copyfile(sounds / "esc50-2-104168-A-32.wav", root / "keyboard.wav")
     recording(root / "field" / "street.wav", sounds, STREET, seed=1)
     embedded: list[str] = []
-    embed_items = amr.extract.run.embed_items
+    embed_items = amr.extraction.run.embed_items
 
     def recorded(items, *args, **kwargs):
         embedded.extend(item.id for item in items)
         yield from embed_items(items, *args, **kwargs)
 
-    monkeypatch.setattr(amr.extract.run, "embed_items", recorded)
+    monkeypatch.setattr(amr.extraction.run, "embed_items", recorded)
     out = tmp_path / "sounds.h5"
 
-    def run() -> amr.extract.ExtractReport:
+    def run() -> amr.extraction.ExtractReport:
         embedded.clear()
         return extract(load_dataset(root, layout="folder").items, out, weights, workers=1, progress=False)
 
@@ -400,8 +400,8 @@ def test_all_segments_lists_each_matching_segment_best_first(library: Path, libr
     """`--all-segments`: the park walk comes back once per segment, scores descending, the best
     segment first and holding the bark; without it, one row per recording."""
     from amr.index.build import build_index
+    from amr.model.zeroshot import ZeroShotRetriever
     from amr.query import QueryInput, open_searcher, run_queries
-    from amr.zeroshot import ZeroShotRetriever
 
     build_index(ZeroShotRetriever(), [library_cache], tmp_path / "index.h5", show_progress=False)
     searcher = open_searcher(tmp_path / "index.h5")
@@ -425,12 +425,12 @@ def test_a_trained_model_encodes_segments_and_evaluate_ranks_a_recording_by_its_
     segment: "dogs barking" ranks the park walk (the bark is 6 s of its 79) first."""
     import torch
 
-    from amr.checkpoint import TrainedRetriever
     from amr.evaluate import evaluate_models
     from amr.items import Query, write_jsonl
-    from amr.model import ModelConfig, RetrievalModel
-    from amr.train.loop import _complete, _zero_shot_start
-    from amr.zeroshot import ZeroShotRetriever
+    from amr.model.checkpoint import TrainedRetriever
+    from amr.model.model import ModelConfig, RetrievalModel
+    from amr.model.zeroshot import ZeroShotRetriever
+    from amr.training.loop import _complete, _zero_shot_start
 
     zero_shot = ZeroShotRetriever(text=text_encoder)
     with EmbeddingCache(library_cache) as cache:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from amr.audio import MelFrontEnd, load_audio
-from amr.mobilenet import TIME_STRIDE, MobileNetV3, audioset_class_names, embed_dim_for, make_divisible, output_frames
-from amr.weights import EFFICIENTAT_AUDIO
+from amr.audio.frontend import MelFrontEnd, load_audio
+from amr.audio.mobilenet import TIME_STRIDE, MobileNetV3, audioset_class_names, embed_dim_for, make_divisible, output_frames
+from amr.audio.weights import EFFICIENTAT_AUDIO
 
 MEL = EFFICIENTAT_AUDIO.mel
 U = 2.0**-24  # float32 unit roundoff

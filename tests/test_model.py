@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from amr.errors import AmrError
-from amr.heads import AudioBatch, MetadataBatch
 from amr.items import Item
-from amr.model import MAX_FRAMES, AudioTower, ModelConfig, RetrievalModel, item_metadata, nt_xent, pad_sequences
+from amr.model.heads import AudioBatch, MetadataBatch
+from amr.model.model import MAX_FRAMES, AudioTower, ModelConfig, RetrievalModel, item_metadata, nt_xent, pad_sequences
 
 TINY = dict(audio_dim=12, width=16, depth=2, heads=2, ff=32, dropout=0.1)
 

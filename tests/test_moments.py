@@ -131,9 +131,9 @@ def recordings(tmp_path_factory, shared: Path, mn04_weights: Path):
     """Eight long recordings with real events, extracted with mn04."""
     from moments import build
 
+    from amr.audio.weights import resolve_weights
     from amr.datasets import load_dataset
-    from amr.extract import extract
-    from amr.weights import resolve_weights
+    from amr.extraction import extract
 
     work = tmp_path_factory.mktemp("moments")
     queries = build(work, 8, 0)
@@ -143,10 +143,10 @@ def recordings(tmp_path_factory, shared: Path, mn04_weights: Path):
 
 
 def test_refined_spans_beat_the_grid_at_iou_0_7(recordings, mn04_weights: Path, text_encoder) -> None:
+    from amr.audio.encoder import ClipEmbedder
     from amr.cache import EmbeddingCache
-    from amr.encoder import ClipEmbedder
+    from amr.model.zeroshot import ZeroShotRetriever
     from amr.moments import retrieve_moments
-    from amr.zeroshot import ZeroShotRetriever
 
     work, queries = recordings
     with EmbeddingCache(work / "m.h5") as cache:
@@ -181,8 +181,8 @@ def test_the_command_evaluates_moments(recordings, tmp_path: Path, mn04_weights:
 def test_query_results_carry_refined_spans(recordings, tmp_path: Path, mn04_weights: Path, text_encoder) -> None:
     from amr.index.build import build_index
     from amr.index.reader import open_index
+    from amr.model.zeroshot import ZeroShotRetriever
     from amr.query import QueryInput, Searcher, run_queries
-    from amr.zeroshot import ZeroShotRetriever
 
     work, queries = recordings
     retriever = ZeroShotRetriever(text=text_encoder)
@@ -205,9 +205,9 @@ def test_the_page_api_serves_refined_spans(recordings, tmp_path: Path, mn04_weig
 
     from amr.index.build import build_index
     from amr.index.reader import open_index
+    from amr.model.zeroshot import ZeroShotRetriever
     from amr.query import Searcher
-    from amr.serve import create_app
-    from amr.zeroshot import ZeroShotRetriever
+    from amr.server.app import create_app
 
     work, queries = recordings
     retriever = ZeroShotRetriever(text=text_encoder)

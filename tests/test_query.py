@@ -22,13 +22,13 @@ from test_index import LIBRARY, MORE, FakeRetriever, make_cache
 from typer.testing import CliRunner
 
 from amr.cache import ClipEmbedding, EmbeddingCache, write_cache
-from amr.checkpoint import checkpoint_spec
 from amr.cli import app
 from amr.errors import AmrError
 from amr.index.build import build_index
+from amr.model.checkpoint import checkpoint_spec
+from amr.model.retrievers import RETRIEVER_KINDS
 from amr.query import Searcher, open_searcher, run_queries
 from amr.results import Failure, Format, QueryInput, Result, gather_queries, make_writer
-from amr.retrievers import RETRIEVER_KINDS
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_query_by_example_ranks_by_audio_alone(searcher: Searcher, tmp_path: Pat
 
 def test_query_by_example_loads_the_audio_model_on_the_searchers_device(searcher: Searcher, monkeypatch: pytest.MonkeyPatch) -> None:
     """--device reaches the audio model of a query by example (ClipEmbedder.for_index), not only the text side."""
-    from amr.encoder import ClipEmbedder
+    from amr.audio.encoder import ClipEmbedder
 
     asked: list[object] = []
 

@@ -27,7 +27,6 @@ from test_serve import running
 from test_train import configs, synthetic_cache
 from typer.testing import CliRunner
 
-from amr.checkpoint import load_checkpoint
 from amr.cli import app
 from amr.datasets import load_dataset
 from amr.errors import AmrError
@@ -35,11 +34,12 @@ from amr.index.build import build_index
 from amr.index.format import query_folder
 from amr.index.reader import open_index
 from amr.index.search import search
+from amr.model.checkpoint import load_checkpoint
+from amr.model.query_encoder import GRAPH, QueryEncoder, export_query_encoder
+from amr.model.text_input import MAX_TOKENS
+from amr.model.zeroshot import ZeroShotConfig, ZeroShotRetriever
 from amr.query import open_searcher
-from amr.query_encoder import GRAPH, QueryEncoder, export_query_encoder
-from amr.text_input import MAX_TOKENS
-from amr.train import train
-from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
+from amr.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

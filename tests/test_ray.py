@@ -19,14 +19,14 @@ import pytest
 import soundfile as sf
 from test_extract import write_bad_audio  # the awkward files of the local engine's test
 
-import amr.extract.decoding
+import amr.extraction.decoding
+from amr.audio.weights import ResolvedWeights, resolve_weights
 from amr.cache import EmbeddingCache
 from amr.datasets import load_dataset
 from amr.errors import AmrError
-from amr.extract import ExtractReport, extract, failures_path, parts_folder
-from amr.extract.ray import RayEngine, RayOptions, _require_reachable
+from amr.extraction import ExtractReport, extract, failures_path, parts_folder
+from amr.extraction.ray import RayEngine, RayOptions, _require_reachable
 from amr.items import Item
-from amr.weights import ResolvedWeights, resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,14 +46,14 @@ def weights(mn04_weights: Path) -> ResolvedWeights:
 
 
 def ray_extract(items: list[Item], output: Path, weights: ResolvedWeights, engine: RayEngine | None = None, **options) -> ExtractReport:
-    """amr.extract.extract with the Ray engine (on the running local cluster unless given)."""
+    """amr.extraction.extract with the Ray engine (on the running local cluster unless given)."""
     return extract(items, output, weights, progress=False, engine=engine or RayEngine(RayOptions()), **options)
 
 
 def assert_same_cache(a_path: Path, b_path: Path) -> None:
     """Every stored value equal, bit for bit, clip by clip (the engines finish clips in different orders,
     but the merge writes them in the items' order). Bit-identical because a window's frames do not
-    depend on its batch company and both engines run the model on one thread (see amr.encoder)."""
+    depend on its batch company and both engines run the model on one thread (see amr.audio.encoder)."""
     with EmbeddingCache(a_path) as a, EmbeddingCache(b_path) as b:
         assert a.items == b.items and a.info == b.info
         np.testing.assert_array_equal(a.lengths, b.lengths)
@@ -101,7 +101,7 @@ def test_failures_and_long_files_as_the_local_engine(ray_cluster, weights, tmp_p
     assert_same_cache(local, ray)
     with EmbeddingCache(ray) as cache:
         long = cache.index_of("long 190 s.wav")
-        assert cache.lengths[long] == 19 * 32 > amr.extract.decoding.SEGMENT_WINDOWS * 32
+        assert cache.lengths[long] == 19 * 32 > amr.extraction.decoding.SEGMENT_WINDOWS * 32
         assert len(cache.segments(long)) > 1
 
 
@@ -109,14 +109,15 @@ KILLABLE = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    import amr.extract, amr.extract.ray
+    import amr.extraction, amr.extraction.ray
     from amr.datasets import load_dataset
-    from amr.extract.ray import RayEngine
-    from amr.weights import resolve_weights
-    amr.extract.ray.CLIPS_PER_BLOCK = amr.extract.ray.BATCH_WINDOWS = 2  # results trickle back, so parts appear mid-run
+    from amr.extraction.ray import RayEngine
+    from amr.audio.weights import resolve_weights
+    amr.extraction.ray.CLIPS_PER_BLOCK = amr.extraction.ray.BATCH_WINDOWS = 2  # results trickle back, so parts appear mid-run
     engine = RayEngine()  # starts its own local cluster
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
-    amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), progress=False, part_size=4, engine=engine)
+    weights = resolve_weights("mn04_as", Path(sys.argv[3]))
+    amr.extraction.extract(items, Path(sys.argv[2]), weights, progress=False, part_size=4, engine=engine)
     """
 )
 
@@ -182,13 +183,13 @@ JOINING = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    import amr.extract
+    import amr.extraction
     from amr.datasets import load_dataset
-    from amr.extract.ray import RayEngine, RayOptions
-    from amr.weights import resolve_weights
+    from amr.extraction.ray import RayEngine, RayOptions
+    from amr.audio.weights import resolve_weights
     engine = RayEngine(RayOptions(address=sys.argv[5]))
     items = load_dataset(Path(sys.argv[1])).items[: int(sys.argv[4])]
-    amr.extract.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), progress=False, engine=engine)
+    amr.extraction.extract(items, Path(sys.argv[2]), resolve_weights("mn04_as", Path(sys.argv[3])), progress=False, engine=engine)
     """
 )
 

@@ -27,7 +27,6 @@ from test_index import make_cache as make_library
 from test_train import configs, synthetic_cache
 from typer.testing import CliRunner
 
-from amr.checkpoint import load_checkpoint
 from amr.cli import app
 from amr.config import TrainConfig
 from amr.errors import AmrError
@@ -35,9 +34,10 @@ from amr.files import exclusive
 from amr.index.build import build_index
 from amr.index.reader import Index, open_index
 from amr.index.search import search
-from amr.text import TextEncoder
-from amr.train import loop as train_module
-from amr.train import train
+from amr.model.checkpoint import load_checkpoint
+from amr.model.text import TextEncoder
+from amr.training import loop as train_module
+from amr.training import train
 from amr.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -288,7 +288,7 @@ def test_a_full_disk_during_training_names_the_file(limit: int, cache: Path, tmp
 
 
 def test_ctrl_c_during_training_exits_130_and_the_run_resumes(cache: Path, tmp_path: Path, text_encoder, monkeypatch) -> None:
-    from amr import checkpoint
+    from amr.model import checkpoint
 
     monkeypatch.setattr(checkpoint, "TextEncoder", lambda name: text_encoder)
     run_epoch = train_module._run_epoch

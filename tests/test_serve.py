@@ -32,10 +32,10 @@ from amr.index.build import build_index
 from amr.index.reader import Index, open_index
 from amr.index.store import Rows, write_index
 from amr.items import Item
+from amr.model.retrievers import RETRIEVER_KINDS
+from amr.model.zeroshot import ZeroShotRetriever
 from amr.query import MAX_EXAMPLE_SECONDS, Searcher, open_searcher
-from amr.retrievers import RETRIEVER_KINDS
-from amr.serve import LocalServer, create_app, is_loopback, serve
-from amr.zeroshot import ZeroShotRetriever
+from amr.server.app import LocalServer, create_app, is_loopback, serve
 
 SOUNDS = SHARED / "data" / "sounds" / "audio"
 UPLOAD_LIMIT = 1 << 20  # of the fake server: the test clips are smaller, but not all (freesound-train.wav is 3 MB)

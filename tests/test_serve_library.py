@@ -17,9 +17,9 @@ import soundfile as sf
 from test_serve import running
 
 from amr.index.reader import open_index
+from amr.model.zeroshot import ZeroShotRetriever
 from amr.query import Searcher
 from amr.ucs import categories
-from amr.zeroshot import ZeroShotRetriever
 
 FILES = {
     "Animals/ANMLDog_Two Dogs Barking_BSB_FARM.mp3": "bigsoundbank-dog.mp3",
@@ -34,10 +34,10 @@ FILES = {
 
 @pytest.fixture(scope="module")
 def library_index(tmp_path_factory, shared: Path, mn04_weights: Path, text_encoder) -> Path:
+    from amr.audio.weights import resolve_weights
     from amr.datasets import load_dataset
-    from amr.extract import extract
+    from amr.extraction import extract
     from amr.index.build import build_index
-    from amr.weights import resolve_weights
 
     folder = tmp_path_factory.mktemp("library-serve")
     root = folder / "lib"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from amr.errors import AmrError
-from amr.text import DEFAULT_TEXT_MODEL, MAX_TOKENS, TextEncoder, normalize_text
+from amr.model.text import DEFAULT_TEXT_MODEL, MAX_TOKENS, TextEncoder, normalize_text
 
 TEXTS = [
     "A dog barks twice, then a car drives by on a wet road while rain falls steadily.",

@@ -12,18 +12,18 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from amr import checkpoint
 from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
-from amr.checkpoint import load_checkpoint
 from amr.cli import app
 from amr.config import TrainConfig
 from amr.errors import AmrError
 from amr.items import Item
-from amr.model import ModelConfig
-from amr.train import loop as train_module
-from amr.train import train
-from amr.train.data import _load_source, _plan_epoch, _training_pairs
-from amr.train.validation import _validation_metadata
+from amr.model import checkpoint
+from amr.model.checkpoint import load_checkpoint
+from amr.model.model import ModelConfig
+from amr.training import loop as train_module
+from amr.training import train
+from amr.training.data import _load_source, _plan_epoch, _training_pairs
+from amr.training.validation import _validation_metadata
 
 WORDS = ["dog", "rain", "car", "bird", "door", "water", "engine", "bell"]
 DIM = 12
@@ -257,10 +257,10 @@ def test_cli_trains_records_the_checkpoint_and_prints_a_summary(cache: Path, tmp
 def test_before_the_first_step_the_model_scores_exactly_as_zero_shot(fusion: str, sounds_cache: Path, text_encoder) -> None:
     """On the real `sounds` clips (15 of 39 without metadata), a zero-shot start
     ranks every caption query exactly as `amr index --zero-shot` does."""
-    from amr.checkpoint import TrainedRetriever
-    from amr.model import RetrievalModel
-    from amr.train.loop import _complete, _zero_shot_start
-    from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
+    from amr.model.checkpoint import TrainedRetriever
+    from amr.model.model import RetrievalModel
+    from amr.model.zeroshot import ZeroShotConfig, ZeroShotRetriever
+    from amr.training.loop import _complete, _zero_shot_start
 
     weights = {"none": (1.0, 0.0), "metadata": (0.0, 1.0)}.get(fusion, (1.0, 1.0))
     zero_shot = ZeroShotRetriever(ZeroShotConfig(audio_weight=weights[0], metadata_weight=weights[1]), text_encoder)
@@ -309,13 +309,13 @@ def test_the_text_models_own_pooling_is_the_default(cache: Path, tmp_path: Path,
     for file in Path(text_encoder.source).iterdir():
         if file.is_file() and file.name != "modules.json":
             (plain / file.name).symlink_to(file)
-    from amr.text import native_pooling
+    from amr.model.text import native_pooling
 
     assert native_pooling(Path(text_encoder.source)) == "mean" and native_pooling(plain) == "cls"
 
 
 def test_concept_holdout_takes_whole_words_out_of_training() -> None:
-    from amr.train import concept_holdout
+    from amr.training import concept_holdout
 
     captions = [[f"a {animal} {verb}"] for animal in ("dog", "cat", "cow", "owl", "bee") for verb in ("barks", "sleeps", "runs", "eats")]
     held = concept_holdout(captions, share=0.25)

@@ -134,7 +134,7 @@ def test_a_folder_of_ucs_names(ucs_folder: Path) -> None:
 
 def test_a_query_for_a_synonym_finds_the_files_of_its_catid(ucs_folder: Path, text_encoder) -> None:
     """The zero-shot metadata vectors: synonyms of the CatID that appear nowhere in the FXName."""
-    from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever
+    from amr.model.zeroshot import ZeroShotConfig, ZeroShotRetriever
 
     retriever = ZeroShotRetriever(ZeroShotConfig(audio_weight=0.0), text_encoder)
     items = load_dataset(ucs_folder).items

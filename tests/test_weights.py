@@ -11,9 +11,9 @@ from urllib.error import URLError
 
 import pytest
 
-from amr import weights
+from amr.audio import weights
+from amr.audio.weights import EFFICIENTAT_AUDIO, WEIGHTS, ResolvedWeights, load_audio_model, resolve_weights
 from amr.errors import AmrError
-from amr.weights import EFFICIENTAT_AUDIO, WEIGHTS, ResolvedWeights, load_audio_model, resolve_weights
 
 MN04 = WEIGHTS["mn04_as"]
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amr.audioset import with_machine_tags
+from amr.audio.audioset import with_machine_tags
+from amr.audio.mobilenet import audioset_class_names
 from amr.cache import EmbeddingCache
 from amr.errors import AmrError
 from amr.items import Item, caption_queries
 from amr.metrics import retrieval_metrics
-from amr.mobilenet import audioset_class_names
-from amr.zeroshot import ZeroShotConfig, ZeroShotRetriever, load_zero_shot
+from amr.model.zeroshot import ZeroShotConfig, ZeroShotRetriever, load_zero_shot
 
 
 @pytest.fixture(scope="module")

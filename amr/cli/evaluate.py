@@ -129,11 +129,11 @@ def evaluate(
     and, with --by, "groups"; "aggregates" with "mean" and "std"), while the
     table goes to stderr."""
     from amr.console import console
-    from amr.dcase import PROTOCOLS
     from amr.devices import resolve_device
     from amr.evaluate import check_per_query_output, evaluate_models, plot_recall, render_table, write_per_query
+    from amr.evaluate.dcase import PROTOCOLS
+    from amr.evaluate.submission import predict_submission
     from amr.metrics import APNorm
-    from amr.submission import predict_submission
 
     if protocol not in PROTOCOLS:
         usage("--protocol", f"{protocol!r}: use one of {', '.join(PROTOCOLS)}")

@@ -3,7 +3,7 @@
 The choices are the library's vocabularies, each owned by a light module
 (no numpy, torch or FAISS, so that `amr --help` starts at once): devices
 (amr.devices.Device), splits (amr.items.Split, EvaluatedSplit), dataset
-layouts and ``--by`` breakdowns (amr.config), fusion modes (amr.fusion),
+layouts and ``--by`` breakdowns (amr.config), fusion modes (amr.model.fusion),
 output formats (amr.results), kinds of approximate index (amr.index.kinds).
 """
 

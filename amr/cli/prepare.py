@@ -1,7 +1,7 @@
 """`amr extract`, `amr train` and `amr index`: the stages that build a searchable collection.
 
 Each resolves the workspace's defaults (amr.workspace), makes one call into
-its stage (amr.extract, amr.train, amr.index.build) and prints its JSON summary.
+its stage (amr.extraction, amr.training, amr.index.build) and prints its JSON summary.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from amr.cli.options import DeviceOption, WorkspaceOption, emit, listed
 from amr.config import CAPTIONS, DEFAULT_WEIGHTS, LayoutName, ModelConfig, TrainConfig, Validation, ZeroShotConfig
 from amr.devices import Device, resolve_device
 from amr.errors import AmrError
-from amr.fusion import Fusion, Init
 from amr.index.kinds import EXACT_LIMIT, LARGE_LIMIT, AnnKind
 from amr.items import METADATA_FIELDS, Split
+from amr.model.fusion import Fusion, Init
+from amr.model.text_input import POOLINGS
 from amr.segments import SegmentGrid
-from amr.text_input import POOLINGS
 from amr.workspace import Workspace
 
 # --- extract ------------------------------------------------------------------------------
@@ -95,16 +95,16 @@ def extract(
     Reruns are incremental: only new or changed files (size, time or path) are
     computed, deleted ones are dropped, and an interrupted run resumes. Prints a JSON summary on stdout;
     exit code 3 when some clips could not be decoded (listed in <cache>.failures.jsonl)."""
+    from amr.audio.weights import resolve_weights
     from amr.datasets import load_dataset
-    from amr.extract import extract as run_extract
-    from amr.extract import failures_path
-    from amr.weights import resolve_weights
+    from amr.extraction import extract as run_extract
+    from amr.extraction import failures_path
 
     if engine is ExtractEngine.local and (ray_address or num_gpus or actors):
         raise AmrError("--ray-address, --num-gpus and --actors need --engine ray")
     ray_engine = None
     if engine is ExtractEngine.ray:
-        from amr.extract.ray import RayEngine, RayOptions
+        from amr.extraction.ray import RayEngine, RayOptions
 
         ray_engine = RayEngine(RayOptions(address=ray_address, actors=actors, num_gpus=num_gpus))
     ws = Workspace.resolve(workspace)
@@ -242,7 +242,7 @@ def train(
     """Train the retrieval model on the caption-clip pairs of the caches' train split, selecting the best epoch (mAP@10, epoch 0 included).
 
     Prints a JSON summary on stdout: checkpoint, best epoch, best validation mAP@10."""
-    from amr.train import train as run_train
+    from amr.training import train as run_train
 
     ws = Workspace.resolve(workspace)
     if resume and output is None:
@@ -363,8 +363,8 @@ def index(
 
     from amr.index.build import build_index, retriever_spec
     from amr.index.build import refresh_query_encoder as refresh
-    from amr.retrievers import load_retriever
-    from amr.zeroshot import zero_shot_retriever
+    from amr.model.retrievers import load_retriever
+    from amr.model.zeroshot import zero_shot_retriever
 
     ws = Workspace.resolve(workspace)
     if refresh_query_encoder:

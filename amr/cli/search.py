@@ -81,8 +81,8 @@ def query(
     ran; 3 when some failed (each reported on stderr; the others still
     produce results); 1 when nothing could run; 2 for a query without words."""
     limit_threads(threads)
+    from amr.model.text_input import normalize_text
     from amr.results import gather_queries, print_outcomes
-    from amr.text_input import normalize_text
 
     if not queries and not audio:
         raise AmrError("no queries: give query texts, '-' to read them from stdin, or --audio FILE")
@@ -91,7 +91,7 @@ def query(
         raise typer.BadParameter(f"{wordless!r} has no words to search for", param_hint="QUERIES")
     inputs = gather_queries(queries or [], audio or [], sys.stdin.buffer)
     if server:
-        from amr.client import Client
+        from amr.server.client import Client
 
         client = Client(server)
         parts = client.parts if explain else None
@@ -132,10 +132,10 @@ def serve(
     """Serve a web page and a JSON API to search the index and listen to what it finds, until Ctrl-C.
 
     Listens on --host at --port (their defaults below); the API is
-    described in amr/serve.py and at /api/openapi.json. `amr query --server
+    described in amr/server/app.py and at /api/openapi.json. `amr query --server
     URL` sends queries to it."""
     limit_threads(threads)
-    from amr.serve import serve as serve_index
+    from amr.server.app import serve as serve_index
 
     path = index_path or Workspace.resolve(workspace).latest("index")
     serve_index(

@@ -16,7 +16,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amr.audio_formats import DATASET_SUFFIXES
+from amr.audio.formats import DATASET_SUFFIXES
 from amr.errors import AmrError
 from amr.items import SPLITS, Item
 

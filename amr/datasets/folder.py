@@ -3,7 +3,7 @@ library as people keep one. Its metadata comes from the file and folder names
 and the tags embedded in the files (`amr.datasets.tags`).
 
 Files: every file under the root, recursively, whose suffix (any case) is one
-of amr.audio_formats' DECODABLE_SUFFIXES or UNDECODABLE_SUFFIXES, in order of
+of amr.audio.formats' DECODABLE_SUFFIXES or UNDECODABLE_SUFFIXES, in order of
 id. Names starting with ``.`` (hidden files and folders, macOS ``._``
 companions) are left out.
 Symbolic links are followed, each folder once by its real path, so a link
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from amr.audio_formats import DECODABLE_SUFFIXES, UNDECODABLE_SUFFIXES
+from amr.audio.formats import DECODABLE_SUFFIXES, UNDECODABLE_SUFFIXES
 from amr.console import warn
 from amr.items import Item
 from amr.ucs import parse_name

@@ -54,7 +54,7 @@ from mutagen.id3 import ID3
 from mutagen.mp3 import MP3
 from mutagen.wave import WAVE
 
-from amr.audio_formats import AIFF_SUFFIXES, RIFF_SUFFIXES
+from amr.audio.formats import AIFF_SUFFIXES, RIFF_SUFFIXES
 
 from .common import decode_guess, encodable
 

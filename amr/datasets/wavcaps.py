@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from amr.audio_formats import DATASET_SUFFIXES
+from amr.audio.formats import DATASET_SUFFIXES
 from amr.errors import AmrError
 from amr.items import Item
 

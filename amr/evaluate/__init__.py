@@ -17,7 +17,7 @@ The protocol:
   1/rank if rank <= K; several: R@K = share of the relevant items in the top K,
   AP@K = sum of precision@k at their ranks k <= K over min(|relevant|, K), or
   over |relevant| with the ``total`` normalisation of DCASE 2025, see
-  `amr.dcase`), averaged over queries.
+  `amr.evaluate.dcase`), averaged over queries.
 * **Ties**: an item ranks above every item with the same score that comes
   after it in the item order above, for every model alike.
 * **Several models**: models that share their whole configuration except the
@@ -36,7 +36,7 @@ The protocol:
 Models are *scorers*: anything that turns the items and the query texts into
 a (queries, items) score matrix: a retriever (item and query vectors, inner
 product), an existing index (its stored vectors and the query encoder of the
-model that built it; always searched exactly), or a baseline (`amr.baselines`).
+model that built it; always searched exactly), or a baseline (`amr.evaluate.baselines`).
 
 Modules: amr.evaluate.scorers (the evaluated items and what scores them),
 amr.evaluate.run (`evaluate_models`, `evaluate`: queries, relevance, rankings),

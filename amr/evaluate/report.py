@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from amr.evaluate.scorers import Collection
-from amr.fusion import Fusion
 from amr.items import Query
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, Metrics, QueryResult
+from amr.model.fusion import Fusion
 
 CURVE_KS = tuple(range(1, 51))  # recall@K of the plot
 TIES = "an item ranks above every item with the same score that comes after it in the item order"

@@ -11,21 +11,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from amr.baselines import BM25
-from amr.checkpoint import checkpoint_spec
 from amr.config import BY_FIELDS
 from amr.console import console
 from amr.datasets import load_queries
-from amr.dcase import read_relevance, write_model_scores
 from amr.errors import AmrError
+from amr.evaluate.baselines import BM25
+from amr.evaluate.dcase import read_relevance, write_model_scores
 from amr.evaluate.report import CURVE_KS, EvaluationReport, ModelResult
 from amr.evaluate.scorers import ALL, Collection, IndexScorer, RetrieverScorer, Scorer, _some, index_collection, open_collection
 from amr.index.reader import Index
 from amr.items import Item, Query, caption_queries
 from amr.metrics import DEFAULT_AP_KS, DEFAULT_KS, APNorm, rank_items, retrieval_metrics
-from amr.retrievers import load_retriever
+from amr.model.checkpoint import checkpoint_spec
+from amr.model.retrievers import load_retriever
+from amr.model.zeroshot import zero_shot_variants
 from amr.workspace import Workspace
-from amr.zeroshot import zero_shot_variants
 
 TOP_STORED = 10  # best items per query kept for the per-query JSON
 _RANK_BLOCK = 1 << 22  # scores ranked at once, bounding the temporaries
@@ -58,7 +58,7 @@ def evaluate_models(
     ``workspace``, when given, fills in the checkpoints and caches not given
     as `amr evaluate` does (`Workspace.evaluated`: its latest ones).
     ``queries`` is a queries.jsonl (default: the items' captions), or
-    ``relevance`` a DCASE 2025 metadata_eval.csv (`amr.dcase.read_relevance`;
+    ``relevance`` a DCASE 2025 metadata_eval.csv (`amr.evaluate.dcase.read_relevance`;
     ``lenient`` skips and reports its rows that match nothing); ``curves``
     adds recall@1..50 for a plot; ``ks``, ``ap_ks``, ``ap_norm`` and ``submission`` as in `evaluate`."""
     if workspace is not None:
@@ -119,7 +119,7 @@ def evaluate(
     is another than the collection's are left out. ``ks`` are the recall and
     ``ap_ks`` the mAP cut-offs reported, AP normalised by ``ap_norm``;
     ``curves`` adds recall at CURVE_KS for a plot; ``submission`` writes the
-    one scorer's score matrix there as a DCASE submission (`amr.dcase`)."""
+    one scorer's score matrix there as a DCASE submission (`amr.evaluate.dcase`)."""
     if by is not None and by not in BY_FIELDS:
         raise AmrError(f"--by {by}: expected one of {', '.join(BY_FIELDS)}")
     names = [s.name for s in scorers]

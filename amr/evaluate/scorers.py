@@ -2,7 +2,7 @@
 `Collection`, read from caches or an index) and the *scorers* that turn them
 and the query texts into a (queries, items) score matrix: a retriever
 (`RetrieverScorer`: item and query vectors, inner product), an existing
-index (`IndexScorer`), or a baseline (amr.baselines).
+index (`IndexScorer`), or a baseline (amr.evaluate.baselines).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 from amr.cache import EmbeddingCache, open_caches
 from amr.console import console, progress
 from amr.errors import AmrError
-from amr.fusion import Fusion
 from amr.index.build import ENCODE_BATCH
 from amr.index.reader import Index
 from amr.index.search import best_per_item
 from amr.items import ALL_SPLITS as ALL
 from amr.items import SPLITS, Item
-from amr.retrievers import Retriever, load_retriever
+from amr.model.fusion import Fusion
+from amr.model.retrievers import Retriever, load_retriever
 
 
 @dataclass

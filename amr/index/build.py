@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from amr.audioset import top_classes
+from amr.audio.audioset import top_classes
 from amr.cache import EmbeddingCache, open_caches
-from amr.checkpoint import checkpoint_spec
 from amr.console import console, progress, status, warn
 from amr.errors import AmrError
 from amr.files import exclusive, refuse_overwrite
@@ -51,7 +50,8 @@ from amr.index.reader import Index
 from amr.index.store import Rows, Store, StoreWriter, compact
 from amr.index.tune import build_ann
 from amr.items import changed_on_disk
-from amr.retrievers import Retriever, describe
+from amr.model.checkpoint import checkpoint_spec
+from amr.model.retrievers import Retriever, describe
 
 ENCODE_BATCH = 512  # items per Retriever.encode_items call
 # Dead (replaced) rows are compacted away when they are more than this share
@@ -75,7 +75,7 @@ class IndexReport:
 
 def retriever_spec(checkpoint: Path | None, append_to: Path | None, latest_checkpoint: Callable[[], Path]) -> dict[str, Any]:
     """The recorded spec of the model that indexes when it is not the zero-shot
-    one (`amr.zeroshot.zero_shot_retriever`, built from its config): the
+    one (`amr.model.zeroshot.zero_shot_retriever`, built from its config): the
     checkpoint given, else the one the index appended to was built with, else
     the latest."""
     if checkpoint is not None:
@@ -175,8 +175,8 @@ def refresh_query_encoder(path: Path, retriever: Retriever, show_progress: bool 
 
 def _query_encoder(path: Path, retriever: Retriever, previous: Index | None, show: bool) -> dict[str, Any]:
     """The query encoder record of the index at ``path``: the one of the index
-    appended to (the same model), else one written now (amr.query_encoder)."""
-    from amr.query_encoder import GRAPH, export_query_encoder
+    appended to (the same model), else one written now (amr.model.query_encoder)."""
+    from amr.model.query_encoder import GRAPH, export_query_encoder
 
     kept = previous.header.query_encoder if previous is not None else None
     if kept and (query_folder(path, kept["token"]) / GRAPH).is_file():

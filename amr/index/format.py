@@ -1,6 +1,6 @@
 """The index on disk: its manifest, its files' names and its format version, defined here once.
 
-Every retriever (amr.retrievers) reduces an item to one vector and a query to
+Every retriever (amr.model.retrievers) reduces an item to one vector and a query to
 one vector, so that score = inner product. The vectors are concatenations of
 named *parts* (audio, metadata), which lets `explain` split a score into what
 the audio and what the metadata contributed. A row is one *segment* of an
@@ -15,7 +15,7 @@ it a folder of append-only columns and the approximate index's files::
              fingerprint      the retriever's fingerprint (an index refuses any other)
              kind, fusion     the retriever's kind (trained, zero-shot) and fusion mode
              parts            JSON [[name, dim], ...]; dims add up to the vector size D
-             retriever        JSON spec that amr.retrievers.load_retriever turns back into it
+             retriever        JSON spec that amr.model.retrievers.load_retriever turns back into it
              configuration    the retriever's configuration id (its options except the seed)
              audio            JSON CacheInfo of the indexed caches (audio model, weights
                               sha256, ...), so query by example embeds clips the same way
@@ -24,7 +24,7 @@ it a folder of append-only columns and the approximate index's files::
              ann              JSON AnnInfo of the approximate index, or "" for exact search only
              store            JSON StoreState: the column folder's token and how much of each
                               column belongs to this version of the index
-             query_encoder    JSON record of the query encoder (amr.query_encoder: format, version,
+             query_encoder    JSON record of the query encoder (amr.model.query_encoder: format, version,
                               token, fingerprint, text model and its fingerprint, ...), {} for
                               a kind of model without one; absent in an index of an older amr
       dead   (ceil(N/8),) uint8: bit r (little-endian bit order) set: row r was replaced
@@ -74,10 +74,10 @@ from amr import __version__
 from amr.cache import CacheInfo
 from amr.errors import AmrError
 from amr.files import atomic_output
-from amr.fusion import Fusion
 from amr.hdf5 import created, open_versioned
 from amr.index.kinds import AnnKind
-from amr.retrievers import Retriever, describe
+from amr.model.fusion import Fusion
+from amr.model.retrievers import Retriever, describe
 
 FORMAT = "amr-index"
 VERSION = 3
@@ -130,7 +130,7 @@ class IndexHeader:
     audio: CacheInfo
     sources: list[str] = field(default_factory=list)
     auto_tags: int = 0  # items without metadata got their clip's K most probable AudioSet classes as metadata
-    query_encoder: dict[str, Any] | None = None  # amr.query_encoder's record; {}: none for this kind; None: an older index
+    query_encoder: dict[str, Any] | None = None  # amr.model.query_encoder's record; {}: none for this kind; None: an older index
 
     @classmethod
     def of(cls, retriever: Retriever, audio: CacheInfo, sources: list[str], auto_tags: int = 0) -> IndexHeader:
@@ -168,7 +168,7 @@ def data_folder(path: Path, token: str) -> Path:
 
 
 def query_folder(path: Path, token: str) -> Path:
-    """The folder of the index's query encoder (amr.query_encoder)."""
+    """The folder of the index's query encoder (amr.model.query_encoder)."""
     return Path(path).with_name(f"{Path(path).stem}.{token}.query")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amr.audioset import audioset_class_names
+from amr.audio.audioset import audioset_class_names
 from amr.errors import AmrError
 from amr.index.format import sidecar_path
 from amr.index.reader import Index
