@@ -192,20 +192,46 @@ def _run_batch(
         part = EXAMPLE_PART if i in sequences else None
         found = [(int(r), float(s)) for r, s in zip(*ranked[i]) if r >= 0]
         for rank, (row, score) in enumerate(found, start=1):
-            item = index.item_of_row(row)
-            start, end = (float(t) for t in index.spans[row])
-            refined = searcher.moments().span(item.id, vectors[i], (start, end)) if moments and part is None else None
-            start, end = (round(t, 3) for t in (refined or (start, end)))
-            yield Result(
-                query=q.text,
-                query_id=q.id,
-                rank=rank,
-                score=round(score, 6),
-                id=item.id,
-                audio=item.audio,
-                metadata=item.metadata,
-                start=start,
-                end=end,
-                explain={k: round(v, 6) for k, v in explain(index, vectors[i], row, part).items()} if explain_scores else None,
-                tags=machine_tags(index, row) if explain_scores else None,
-            )
+            span = None
+            if moments and part is None:
+                segment = (float(index.spans[row, 0]), float(index.spans[row, 1]))
+                span = searcher.moments().span(index.item_of_row(row).id, vectors[i], segment)
+            yield ranked_result(index, q, rank, row, score, vectors[i], part, explain_scores=explain_scores, span=span)
+
+
+def ranked_result(
+    index: Index,
+    query: QueryInput | None,
+    rank: int,
+    row: int,
+    score: float,
+    vector: np.ndarray,
+    part: str | None = None,
+    *,
+    explain_scores: bool = False,
+    span: tuple[float, float] | None = None,
+) -> Result:
+    """Result ``rank`` of ``query`` (None: a search without one, as the page's "sounds like"): row
+    ``row`` of the index, scored ``score`` by the query's ``vector`` (within ``part``), over its
+    segment or ``span``, rounded as every result is: scores and their parts to 6 decimals, times
+    as `shown_span`."""
+    item = index.item_of_row(row)
+    start, end = shown_span(*(span or index.spans[row]))
+    return Result(
+        query=query.text if query else "",
+        query_id=query.id if query else "",
+        rank=rank,
+        score=round(score, 6),
+        id=item.id,
+        audio=item.audio,
+        metadata=item.metadata,
+        start=start,
+        end=end,
+        explain={k: round(v, 6) for k, v in explain(index, vector, row, part).items()} if explain_scores else None,
+        tags=machine_tags(index, row) if explain_scores else None,
+    )
+
+
+def shown_span(start: float, end: float) -> tuple[float, float]:
+    """A segment's times as results show them: seconds, to the millisecond."""
+    return round(float(start), 3), round(float(end), 3)

@@ -88,8 +88,8 @@ from amr.audio.peaks import PeakCache, peaks_folder
 from amr.config import MAX_EXAMPLE_SECONDS, SERVE_HOST, SERVE_PORT, UPLOAD_LIMIT
 from amr.console import console, warn
 from amr.errors import AmrError
-from amr.index.search import explain, machine_tags, search
-from amr.query import EXAMPLE_PART, Searcher, open_searcher, run_queries
+from amr.index.search import machine_tags, search
+from amr.query import EXAMPLE_PART, Searcher, open_searcher, ranked_result, run_queries, shown_span
 from amr.results import QUERY_BATCH, Failure, QueryInput, Result
 from amr.server.browse import Filters, Library
 
@@ -244,7 +244,7 @@ def create_app(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT, moments: bo
     ) -> dict[str, Any]:
         number = item_number(id)
         rows = _rows_of(searcher, number)
-        starts = [round(float(t), 3) for t in index.spans[rows, 0]]  # as results show them
+        starts = [_span(searcher, int(r))["start"] for r in rows]  # as results show them
         row = int(rows[max(0, bisect_right(starts, start) - 1)])
         try:
             results = _similar(searcher, row, offset + limit)[offset:]
@@ -423,26 +423,22 @@ def _similar(searcher: Searcher, row: int, top: int) -> list[Result]:
     rows, scores = search(index, query[None], top + 1, part=EXAMPLE_PART)
     itself = int(index.row_item[row])
     others = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0 and index.row_item[r] != itself]
-    results = []
-    for rank, (found, score) in enumerate(others[:top], start=1):
-        item = index.item_of_row(found)
-        parts = {k: round(v, 6) for k, v in explain(index, query, found, EXAMPLE_PART).items()}
-        result = Result("", "", rank, round(score, 6), item.id, item.audio, item.metadata, **_span(searcher, found), explain=parts)
-        result.tags = machine_tags(index, found)
-        results.append(result)
-    return results
+    return [
+        ranked_result(index, None, rank, found, score, query, EXAMPLE_PART, explain_scores=True)
+        for rank, (found, score) in enumerate(others[:top], start=1)
+    ]
 
 
 def _span(searcher: Searcher, row: int) -> dict[str, float]:
-    """The row's segment, rounded as amr.query rounds a result's."""
-    start, end = (round(float(t), 3) for t in searcher.index.spans[row])
+    """The row's segment, as results show it."""
+    start, end = shown_span(*searcher.index.spans[row])
     return {"start": start, "end": end}
 
 
 def _rows_of(searcher: Searcher, number: int) -> np.ndarray:
     """The rows (segments) of item ``number``: consecutive, in time order."""
-    row_item = searcher.index.row_item
-    return np.arange(np.searchsorted(row_item, number, "left"), np.searchsorted(row_item, number, "right"))
+    first, end = searcher.index.store.item_rows(np.array([number]))
+    return np.arange(int(first[0]), int(end[0]))
 
 
 def _page(query: str, offset: int, limit: int, total: int, results: list[Result]) -> dict[str, Any]:
