@@ -34,13 +34,13 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from amr.cache import EmbeddingCache
+from amr.config import CategorizeFormat, CategorizeSource
 from amr.datasets.folder import clean_name
 from amr.errors import AmrError
 from amr.items import Item
@@ -50,18 +50,6 @@ from amr.ucs import UCS_VERSION, categories, ucs_file_name
 
 UNDO_FORMAT = "amr-rename-undo"
 UNDO_VERSION = 1
-
-
-class Format(StrEnum):
-    jsonl = "jsonl"
-    csv = "csv"
-    table = "table"
-
-
-class Source(StrEnum):
-    fused = "fused"
-    audio = "audio"
-    metadata = "metadata"
 
 
 @dataclass(frozen=True)
@@ -108,13 +96,13 @@ class UcsScorer:
         self.entries = list(categories().values())
         self.embeddings = self.retriever.text.encode([entry.text for entry in self.entries], pooling=self.retriever.pooling, normalize=True)
 
-    def scores(self, tags: np.ndarray, items: Sequence[Item], source: Source) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, tags: np.ndarray, items: Sequence[Item], source: CategorizeSource) -> tuple[np.ndarray, np.ndarray]:
         """(n, 752) cosine of each item's vector with each entry, and (n,) whether the item had a vector for ``source``."""
         audio = self.retriever.audio_vectors(tags)
         metadata, present = self.retriever.metadata_vectors([without_own_category(item) for item in items])
-        if source is Source.audio:
+        if source is CategorizeSource.audio:
             vectors, usable = audio, np.ones(len(items), bool)
-        elif source is Source.metadata:
+        elif source is CategorizeSource.metadata:
             vectors, usable = metadata, present
         else:
             fused = self.retriever.fuse(audio, metadata)
@@ -145,7 +133,7 @@ def without_own_category(item: Item) -> Item:
 
 
 def categorize(
-    cache_path: Path, top: int = 3, source: Source = Source.fused, scorer: UcsScorer | None = None, batch: int = 1024
+    cache_path: Path, top: int = 3, source: CategorizeSource = CategorizeSource.fused, scorer: UcsScorer | None = None, batch: int = 1024
 ) -> Iterable[Categorized]:
     """Every item of the cache with its top ``top`` CatIDs, in cache order."""
     scorer = scorer or UcsScorer()
@@ -154,7 +142,7 @@ def categorize(
     for start in range(0, len(items), batch):
         chunk, tags = items[start : start + batch], all_tags[start : start + batch]
         scores, usable = scorer.scores(tags, chunk, source)
-        audio_scores = scores if source is Source.audio else scorer.scores(tags, chunk, Source.audio)[0]
+        audio_scores = scores if source is CategorizeSource.audio else scorer.scores(tags, chunk, CategorizeSource.audio)[0]
         for item, row, has, heard in zip(chunk, scores, usable, audio_scores, strict=True):
             catid = item.metadata.get("ucs_catid")
             result = Categorized(
@@ -246,22 +234,22 @@ def _rename_no_replace(old: Path, new: Path) -> None:
         os.unlink(old)
 
 
-def write_results(results: Iterable[Categorized], fmt: Format, out: IO[str], top: int) -> list[Categorized]:
+def write_results(results: Iterable[Categorized], fmt: CategorizeFormat, out: IO[str], top: int) -> list[Categorized]:
     """Each result as a JSON line, a CSV row (columns catid_1, score_1, ... up
     to ``top``) or a table row (printed at the end); returns them."""
     written = []
     columns = ["id", "audio", "ucs_catid", "source"]
     columns += [f"{name}_{k}" for k in range(1, top + 1) for name in ("catid", "score")] + ["audio_agrees", "audio_rank", "rename"]
-    rows = csv.writer(out) if fmt is Format.csv else None
+    rows = csv.writer(out) if fmt is CategorizeFormat.csv else None
     if rows is not None:
         rows.writerow(columns)
     for result in results:
         written.append(result)
-        if fmt is Format.jsonl:
+        if fmt is CategorizeFormat.jsonl:
             out.write(json.dumps(result.record(), ensure_ascii=False) + "\n")
         elif rows is not None:
             rows.writerow(_cells(result, top))
-    if fmt is Format.table:
+    if fmt is CategorizeFormat.table:
         _table(written, out)
     out.flush()
     return written

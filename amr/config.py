@@ -29,6 +29,24 @@ LAYOUT_NAMES = ("generic", "clotho", "audiocaps", "wavcaps", "folder")  # datase
 LayoutName = StrEnum("LayoutName", {name: name for name in LAYOUT_NAMES})
 BY_FIELDS = ("split", "has_metadata", *(f"has_{name}" for name in METADATA_FIELDS))  # `amr evaluate --by` breakdowns
 By = StrEnum("By", {name: name for name in BY_FIELDS})
+
+
+class CategorizeFormat(StrEnum):
+    """How `amr categorize` writes its suggestions (amr.categorize.write_results)."""
+
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+class CategorizeSource(StrEnum):
+    """What `amr categorize --by` scores categories from: audio and metadata fused, or one of them."""
+
+    fused = "fused"
+    audio = "audio"
+    metadata = "metadata"
+
+
 CAPTIONS = "captions"  # the metadata "field" of Clotho's full-sentence setting
 
 # `amr serve` (amr.server.app): where it listens unless told otherwise (loopback: this machine only), and

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amr.audio.weights import resolve_weights  # noqa: E402
-from amr.categorize import Source, UcsScorer, categorize  # noqa: E402
+from amr.categorize import UcsScorer, categorize  # noqa: E402
+from amr.config import CategorizeSource  # noqa: E402
 from amr.datasets import load_dataset  # noqa: E402
 from amr.extraction import extract  # noqa: E402
 from amr.ucs import categories  # noqa: E402
@@ -153,13 +154,13 @@ def main() -> None:
     used = sorted(set(labels.values()))
     print(f"{len(labels)} hand-labelled sfx-dev clips, {len(used)} CatIDs, {len({entries[c].category for c in used})} Categories")
     print(f"{'source':<16}{'top-1 Category %':>18}{'top-3 CatID %':>15}")
-    for source in (Source.audio, Source.metadata, Source.fused):
+    for source in (CategorizeSource.audio, CategorizeSource.metadata, CategorizeSource.fused):
         results = list(categorize(cache, 3, source, scorer))
         category_hits = sum(
             bool(r.suggestions) and entries[r.suggestions[0].catid].category == entries[labels[r.id]].category for r in results
         )
         catid_hits = sum(labels[r.id] in [s.catid for s in r.suggestions] for r in results)
-        name = "fused" if source is Source.fused else f"{source.value} only"
+        name = "fused" if source is CategorizeSource.fused else f"{source.value} only"
         print(f"{name:<16}{100 * category_hits / len(results):>18.1f}{100 * catid_hits / len(results):>15.1f}")
     categories_count = len({entry.category for entry in entries.values()})
     print(f"{'chance':<16}{100 / categories_count:>18.1f}{100 * 3 / len(entries):>15.1f}")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from amr.categorize import Format, Source, UcsScorer, apply_renames, categorize, plan_renames, read_undo, undo_renames, write_results
+from amr.categorize import UcsScorer, apply_renames, categorize, plan_renames, read_undo, undo_renames, write_results
+from amr.config import CategorizeFormat, CategorizeSource
 from amr.errors import AmrError
 
 NAMES = {
@@ -46,7 +47,7 @@ def scorer(text_encoder) -> UcsScorer:
     return UcsScorer(text_encoder)
 
 
-def _by_id(cache: Path, scorer: UcsScorer, source: Source = Source.fused, top: int = 3) -> dict:
+def _by_id(cache: Path, scorer: UcsScorer, source: CategorizeSource = CategorizeSource.fused, top: int = 3) -> dict:
     return {r.id: r for r in categorize(cache, top, source, scorer)}
 
 
@@ -67,14 +68,14 @@ def test_ucs_named_files_report_whether_their_audio_agrees(library_cache: tuple[
     dog, cat = results["ANMLDog_Two Dogs Barking_BSB_FARM.mp3"], results["ANMLCat_Purring_XX_LIB.wav"]
     assert (dog.ucs_catid, dog.audio_agrees) == ("ANMLDog", True) and dog.audio_rank <= 3
     assert (cat.ucs_catid, cat.audio_agrees) == ("ANMLCat", False) and cat.audio_rank > 3
-    audio_only = _by_id(library_cache[1], scorer, Source.audio)
+    audio_only = _by_id(library_cache[1], scorer, CategorizeSource.audio)
     assert dog.audio_rank == audio_only[dog.id].audio_rank  # the check is the audio's, whatever the suggestions use
     assert "ANMLDog" in [s.catid for s in audio_only[dog.id].suggestions]
 
 
 def test_metadata_only_leaves_out_the_words_the_catid_gave(library_cache: tuple[Path, Path], scorer: UcsScorer) -> None:
     """The cat-named file's metadata is its FXName "Purring" without the cat synonyms its CatID added."""
-    results = _by_id(library_cache[1], scorer, Source.metadata)
+    results = _by_id(library_cache[1], scorer, CategorizeSource.metadata)
     assert all(r.source == "metadata" for r in results.values())  # every item here has a title at least
     from amr.categorize import without_own_category
     from amr.datasets import load_dataset
@@ -85,7 +86,7 @@ def test_metadata_only_leaves_out_the_words_the_catid_gave(library_cache: tuple[
 
 def test_output_formats(library_cache: tuple[Path, Path], scorer: UcsScorer) -> None:
     out = io.StringIO()
-    write_results(categorize(library_cache[1], 2, Source.fused, scorer), Format.csv, out, 2)
+    write_results(categorize(library_cache[1], 2, CategorizeSource.fused, scorer), CategorizeFormat.csv, out, 2)
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert list(rows[0]) == [
         "id",
@@ -102,7 +103,7 @@ def test_output_formats(library_cache: tuple[Path, Path], scorer: UcsScorer) -> 
     ]
     assert {row["id"]: row["audio_agrees"] for row in rows}["ANMLCat_Purring_XX_LIB.wav"] == "false"
     out = io.StringIO()
-    write_results(categorize(library_cache[1], 3, Source.fused, scorer), Format.jsonl, out, 3)
+    write_results(categorize(library_cache[1], 3, CategorizeSource.fused, scorer), CategorizeFormat.jsonl, out, 3)
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(records) == len(NAMES) and all(len(r["suggestions"]) == 3 for r in records)
 
@@ -159,7 +160,7 @@ def test_collisions_are_refused_before_anything_changes(tmp_path: Path) -> None:
 
 
 def test_rename_plan_names(library_cache: tuple[Path, Path], scorer: UcsScorer) -> None:
-    planned = {r.id: r.rename for r in plan_renames(categorize(library_cache[1], 3, Source.fused, scorer), "JD", "LIB")}
+    planned = {r.id: r.rename for r in plan_renames(categorize(library_cache[1], 3, CategorizeSource.fused, scorer), "JD", "LIB")}
     assert planned["ANMLCat_Purring_XX_LIB.wav"] is None
     assert Path(planned["clip01.wav"]).name.endswith("_clip01_JD_LIB.wav")
 

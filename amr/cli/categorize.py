@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from amr.cli.options import WorkspaceOption
+from amr.config import CategorizeFormat, CategorizeSource
 from amr.console import error
 from amr.ucs import UCS_ENTRIES
 from amr.workspace import Workspace
 
 
-class CategorizeFormat(StrEnum):
-    jsonl = "jsonl"
-    csv = "csv"
-    table = "table"
-
-
-class CategorizeBy(StrEnum):
-    fused = "fused"
-    audio = "audio"
-    metadata = "metadata"
-
-
 def categorize(
     cache: Annotated[Path | None, typer.Argument(help="Embedding cache (default: the workspace's latest).", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, max=UCS_ENTRIES, help="CatIDs per item.")] = 3,
-    by: Annotated[CategorizeBy, typer.Option(help="Score from the audio and metadata fused, or one of them.")] = CategorizeBy.fused,
+    by: Annotated[CategorizeSource, typer.Option(help="Score from the audio and metadata fused, or one of them.")] = CategorizeSource.fused,
     fmt: Annotated[
         CategorizeFormat | None, typer.Option("--format", "-f", help="Output format (default: table on a terminal, jsonl in a pipe).")
     ] = None,
@@ -58,7 +46,7 @@ def categorize(
 
     import torch
 
-    from amr.categorize import Format, Source, apply_renames, categorize, plan_renames, undo_renames, write_results
+    from amr.categorize import apply_renames, categorize, plan_renames, undo_renames, write_results
 
     if undo is not None:
         print(json.dumps({"undone": undo_renames(undo), "undo_file": str(undo)}))
@@ -68,10 +56,10 @@ def categorize(
         raise typer.Exit(2)
     torch.set_num_threads(threads)
     path = cache or Workspace.resolve(workspace).latest("cache")
-    results = categorize(path, top, Source(by.value))
+    results = categorize(path, top, by)
     if rename_plan or apply:
         results = plan_renames(results, creator or "", source or "")
-    chosen = Format((fmt or (CategorizeFormat.table if sys.stdout.isatty() else CategorizeFormat.jsonl)).value)
+    chosen = fmt or (CategorizeFormat.table if sys.stdout.isatty() else CategorizeFormat.jsonl)
     written = write_results(results, chosen, sys.stdout, top)
     if apply:
         target = undo_file or Workspace.resolve(workspace).root / "renames" / f"undo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
