@@ -35,6 +35,8 @@ heavy = [m for m in ("numpy", "torch", "h5py", "faiss", "onnxruntime") if m in s
 import amr.extraction, amr.training, amr.server.app
 print(heavy, callable(amr.extract), callable(amr.train), callable(amr.serve))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "True", "True", "True"]
