@@ -1,8 +1,12 @@
-"""Shared fixtures: the real data and weights in ../shared, loaded once per session."""
+"""Shared fixtures: the real data and weights in ../shared, loaded once per session; the fake
+retrievers' kinds and checkpoints; indexes and servers of the real sounds. Plain helpers are in
+tests/support/."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,106 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- fake retrievers (tests/support/words.py, tests/support/slots.py) ---------------------------
+
+
+@pytest.fixture
+def words_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let load_retriever rebuild WordsRetriever fakes (kind "fake") from their spec."""
+    from support.words import WordsRetriever
+
+    from amr.model.retrievers import RETRIEVER_KINDS
+
+    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: WordsRetriever(spec["fingerprint"]))
+
+
+@pytest.fixture
+def slot_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_retriever builds SlotRetriever fakes (kind "fake") from their spec, and checkpoints named shift-K are fakes."""
+    from support.slots import SlotRetriever
+
+    from amr.model.retrievers import RETRIEVER_KINDS
+
+    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: SlotRetriever(spec["shift"], spec["fusion"]))
+    monkeypatch.setitem(RETRIEVER_KINDS, "trained", lambda spec, device: SlotRetriever(int(Path(spec["path"]).name.split("-")[1]), "late"))
+
+
+@pytest.fixture
+def checkpoints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Fake checkpoints a.ckpt and b.ckpt: a file whose text is the fingerprint of its WordsRetriever."""
+    from support.words import WordsRetriever
+
+    from amr.model.retrievers import RETRIEVER_KINDS
+
+    monkeypatch.setitem(RETRIEVER_KINDS, "trained", lambda spec, device: WordsRetriever(Path(spec["path"]).read_text().strip(), spec))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.ckpt").write_text(f"fake-{name}\n")
+    return folder
+
+
+# --- zero-shot indexes and servers of real audio ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_index(sounds_cache: Path, text_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zero-shot index of the 39 sounds, freesound-train.wav (17.4 s) as two segments (split_in_two)."""
+    from support.serving import split_in_two
+
+    from amr.index.build import build_index
+    from amr.model.zeroshot import ZeroShotRetriever
+
+    path = tmp_path_factory.mktemp("real-serve") / "sounds.zero-shot.h5"
+    build_index(ZeroShotRetriever(text=text_encoder), [sounds_cache], path, show_progress=False)
+    split_in_two(path, "freesound-train", "freesound-piano")
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_api(real_index: Path, text_encoder, mn04_weights: Path) -> Iterator[str]:
+    from support.serving import running
+
+    from amr.index.reader import open_index
+    from amr.model.zeroshot import ZeroShotRetriever
+    from amr.query import Searcher
+
+    retriever = ZeroShotRetriever(text=text_encoder)
+    with running(Searcher(open_index(real_index), retriever, mn04_weights), upload_limit=64 << 20) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def library_index(tmp_path_factory, shared: Path, mn04_weights: Path, text_encoder) -> Path:
+    from support.serving import FILES
+
+    from amr.audio.weights import resolve_weights
+    from amr.datasets import load_dataset
+    from amr.extraction import extract
+    from amr.index.build import build_index
+    from amr.model.zeroshot import ZeroShotRetriever
+
+    folder = tmp_path_factory.mktemp("library-serve")
+    root = folder / "lib"
+    for name, clip in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared / "data" / "sounds" / "audio" / clip, root / name)
+    cache = folder / "lib.h5"
+    report = extract(load_dataset(root).items, cache, resolve_weights("mn04_as", mn04_weights), workers=1, progress=False)
+    assert not report.failures
+    build_index(ZeroShotRetriever(text=text_encoder), [cache], folder / "lib.zero-shot.h5", show_progress=False)
+    return folder / "lib.zero-shot.h5"
+
+
+@pytest.fixture(scope="module")
+def library_api(library_index: Path, text_encoder) -> Iterator[str]:
+    from support.serving import running
+
+    from amr.index.reader import open_index
+    from amr.model.zeroshot import ZeroShotRetriever
+    from amr.query import Searcher
+
+    with running(Searcher(open_index(library_index), ZeroShotRetriever(text=text_encoder))) as url:
+        yield url

@@ -1,6 +1,6 @@
 """The page of `amr serve` in a real browser: headless Chromium (Debian's
 chromium and chromium-driver, driven by selenium) over a live server of a
-real zero-shot index of the sounds set (tests/test_serve.py's `real_api`).
+real zero-shot index of the sounds set (the `real_api` fixture of tests/conftest.py).
 
 It types queries, checks the expected result comes first and that its audio
 element loads the real file and sits at the segment's start, finds similar
@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile as sf
-from test_serve import real_api, real_index  # noqa: F401  (fixtures)
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # As root in a container: no sandbox, no GPU; and nothing that reaches the network by itself.
@@ -109,7 +108,7 @@ def clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
-def test_the_page_searches_plays_pages_and_queries_by_a_file(browser, real_api: str, shared: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_page_searches_plays_pages_and_queries_by_a_file(browser, real_api: str, shared: Path, tmp_path: Path) -> None:
     browser.get(real_api + "/")
     wait_until(browser, lambda d: "39 sounds" in d.find_element("id", "index-info").text, "the index summary")
     assert browser.find_element("css selector", "label[for=query]").text == "Describe a sound"
@@ -175,7 +174,6 @@ def test_the_page_searches_plays_pages_and_queries_by_a_file(browser, real_api: 
 
 # ---------------------------------------------------------------- the page as a librarian's work tool
 
-from test_serve_library import library_api, library_index  # noqa: E402, F401  (fixtures)
 
 DRAG = """
 const [node] = arguments;
@@ -189,7 +187,7 @@ def result_ids(driver) -> list[str]:
     return [r.get_attribute("data-id") for r in wait_for_results(driver)]
 
 
-def test_filters_waveforms_keys_drag_and_ucs_categories(browser, library_api: str, library_index: Path) -> None:  # noqa: F811
+def test_filters_waveforms_keys_drag_and_ucs_categories(browser, library_api: str, library_index: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import Select
 

@@ -12,31 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_index import LIBRARY
-from test_index import make_cache as make_library
-from test_train import TINY, configs, synthetic_cache
+from support.commands import amr, one_error_line
+from support.training import TINY, configs, synthetic_cache
+from support.words import LIBRARY, WordsRetriever
+from support.words import make_cache as make_library
 
 from amr import __version__
 from amr.training import train
 
-AMR = Path(sys.executable).with_name("amr")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def amr(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    command = [str(AMR)] if AMR.exists() else [sys.executable, "-m", "amr"]
-    return subprocess.run([*command, *args], input=stdin, capture_output=True, timeout=600, env={**os.environ, **(env or {})})
-
-
-def one_error_line(done: subprocess.CompletedProcess[bytes], *fragments: str) -> None:
-    """Exit code 1 and a single `error:` line on stderr that contains every fragment."""
-    stderr = done.stderr.decode()
-    assert done.returncode == 1, stderr
-    assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_version_and_help() -> None:
@@ -130,14 +114,12 @@ def test_a_damaged_checkpoint_is_one_line(change, fragments: tuple[str, ...], tr
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 100, os.urandom(4096)], ids=["empty", "zeros", "random"])
 def test_a_damaged_faiss_sidecar_is_one_line(content: bytes, tmp_path: Path) -> None:
-    from test_index import FakeRetriever
-
     from amr.index.build import build_index
     from amr.index.reader import open_index
 
     library = make_library(tmp_path / "library.h5", LIBRARY)
     index = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], index, ann=True, show_progress=False)
+    build_index(WordsRetriever(), [library], index, ann=True, show_progress=False)
     sidecar = next(tmp_path.glob("index.*.faiss"))
     sidecar.write_bytes(content if content else sidecar.read_bytes()[: len(sidecar.read_bytes()) // 2])
     with pytest.raises(Exception) as caught:

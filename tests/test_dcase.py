@@ -1,6 +1,6 @@
 """The DCASE 2025 setting: its relevance CSV as distributed, the submission
 file, and `amr evaluate --protocol dcase2025` end to end on the fake retriever
-of tests/test_evaluate.py (whose rankings can be worked out by hand)."""
+of tests/support/slots.py (whose rankings can be worked out by hand)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_evaluate import SLOTS, FakeRetriever, fake_kind, make_cache  # noqa: F401  (fixture)
+from support.slots import SLOTS, SlotRetriever, make_cache
 from typer.testing import CliRunner
 
 from amr.cli import app
@@ -132,15 +132,15 @@ def test_evaluate_with_the_relevance_file_and_total_normalisation(tmp_path: Path
     queries = read_relevance(path, items())
     queries[0].text = "0 2"
     with open_collection([cache], "test") as collection:
-        total = evaluate([RetrieverScorer("fake", FakeRetriever())], collection, queries, ks=(1, 2), ap_ks=(2,), ap_norm=APNorm.total)
-        clipped = evaluate([RetrieverScorer("fake", FakeRetriever())], collection, queries, ks=(1, 2), ap_ks=(2,))
+        total = evaluate([RetrieverScorer("fake", SlotRetriever())], collection, queries, ks=(1, 2), ap_ks=(2,), ap_norm=APNorm.total)
+        clipped = evaluate([RetrieverScorer("fake", SlotRetriever())], collection, queries, ks=(1, 2), ap_ks=(2,))
     assert total.summary()["models"][0]["metrics"] == pytest.approx({"R@1": 1 / 3, "R@2": 2 / 3, "mAP@2": 2 / 3})
     assert clipped.summary()["models"][0]["metrics"]["mAP@2"] == pytest.approx(1.0)
     assert total.summary()["ap_normalisation"] == "total"
     assert total.per_query()[0]["AP@2"] == pytest.approx(2 / 3)
 
 
-def test_the_command_with_protocol_dcase2025_and_a_submission(tmp_path: Path, fake_kind: None) -> None:  # noqa: F811
+def test_the_command_with_protocol_dcase2025_and_a_submission(tmp_path: Path, slot_kinds: None) -> None:
     cache = make_cache(tmp_path / "c.h5", ITEMS)
     path = write_relevance(tmp_path / "m.csv", [("0", str([ENTITY, "rain.wav"])), ("1", str([ACCENT])), ("nothing", "['rain.wav']")])
     run = tmp_path / "shift-0"
@@ -167,7 +167,7 @@ def test_the_command_with_protocol_dcase2025_and_a_submission(tmp_path: Path, fa
     assert result.exit_code == 2 and "--relevance" in result.output
 
 
-def test_a_submission_for_queries_without_relevance(tmp_path: Path, fake_kind: None) -> None:  # noqa: F811
+def test_a_submission_for_queries_without_relevance(tmp_path: Path, slot_kinds: None) -> None:
     cache = make_cache(tmp_path / "c.h5", ITEMS)
     (tmp_path / "retrieval_captions.csv").write_text("caption\n3\n0 1\n3\n", encoding="utf-8")
     run = tmp_path / "shift-1"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import configs, synthetic_cache
+from support.training import configs, synthetic_cache
 
 from amr.devices import resolve_device
 from amr.errors import AmrError

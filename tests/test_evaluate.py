@@ -2,7 +2,7 @@
 several models, breakdowns, per-query JSON, the plot), the BM25 baseline and
 the command. The metrics themselves are tested in tests/test_metrics.py.
 
-A fake retriever with hand-made vectors gives rankings that can be worked out
+A fake retriever with hand-made vectors (tests/support/slots.py) gives rankings that can be worked out
 by hand: item ``slot`` j has the vector e_j, and the query "2 0" the vector
 2·e_2 + 1·e_0 (earlier numbers weigh more), so it ranks slot 2, then slot 0,
 then everything else in collection order (ties go to the earlier item).
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.slots import SlotRetriever, make_cache
 from typer.testing import CliRunner
 
-from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
 from amr.cli import app
 from amr.errors import AmrError
 from amr.evaluate import (
@@ -37,48 +37,6 @@ from amr.index.build import build_index
 from amr.index.reader import open_index
 from amr.items import Item, Query
 from amr.metrics import retrieval_metrics
-from amr.model.fusion import Fusion
-from amr.model.retrievers import RETRIEVER_KINDS
-
-SLOTS = 8
-
-
-class FakeRetriever:
-    """Items: the mean of their frames (one-hot slots). Queries: numbers → slots (+ shift).
-    Fakes of one fusion (and kind "trained") share a configuration: the shift plays the seed."""
-
-    parts = [("audio", SLOTS)]
-    captions_as_metadata = False
-
-    def __init__(self, shift: int = 0, fusion: str = "none", kind: str = "trained"):
-        self.shift, self.fusion, self.kind = shift, Fusion(fusion), kind
-        self.fingerprint = f"fake-{shift}-{fusion}-{kind}"
-        self.configuration = f"fake-{fusion}" if kind == "trained" else self.fingerprint
-        self.spec = {"kind": "fake", "shift": shift, "fusion": fusion}
-
-    def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
-        return np.stack([cache.sequence(i).mean(0) for i in indices])
-
-    def encode_items_with_metadata(self, cache: EmbeddingCache, indices, metadata) -> np.ndarray:
-        return self.encode_items(cache, indices)  # audio only: no metadata to replace
-
-    def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
-        return self.encode_spans(cache, index, cache.segments(index), auto_tags)
-
-    def encode_spans(self, cache: EmbeddingCache, index: int, segments, auto_tags: int = 0) -> np.ndarray:
-        return self.encode_examples([cache.sequence(index)[s.start : s.end] for s in segments], None)
-
-    def encode_examples(self, sequences: list[np.ndarray], tags) -> np.ndarray:
-        return np.stack([s.mean(0) for s in sequences])
-
-    def encode_queries(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), SLOTS), np.float32)
-        for q, text in enumerate(texts):
-            numbers = text.split()
-            for position, number in enumerate(numbers):
-                out[q, (int(number) + self.shift) % SLOTS] = len(numbers) - position
-        return out
-
 
 # (item, slot). Test split: t0..t3; the train item is never evaluated on the test split.
 ITEMS = [
@@ -88,18 +46,9 @@ ITEMS = [
     (Item("t3", "/a/t3.wav", "test", {"title": "thunder storm"}, ["3"]), 3),
     (Item("r0", "/a/r0.wav", "train", {"title": "train horn"}, ["4"]), 4),
 ]
-# Ranks of the caption queries t0#0, t0#1, t1#0, t2#0, t3#0 under FakeRetriever():
+# Ranks of the caption queries t0#0, t0#1, t1#0, t2#0, t3#0 under SlotRetriever():
 # "0" → t0 first; "0 1" → t0 first; "2 1" → t2, then t1 (2nd); "3" → t3, then t0, t1, t2 (4th); "3" → t3 first.
 RANKS = [[1], [1], [2], [4], [1]]
-
-
-def make_cache(path: Path, entries: list[tuple[Item, int]]) -> Path:
-    info = CacheInfo("mn04_as", "a" * 64, SLOTS, 527, 32000, 3.125, 10.0, 0)
-    clips = [
-        ClipEmbedding(item, np.tile(np.eye(SLOTS, dtype=np.float32)[slot], (3, 1)), np.zeros(527, np.float32)) for item, slot in entries
-    ]
-    write_cache(path, info, clips)
-    return path
 
 
 @pytest.fixture
@@ -107,16 +56,9 @@ def cache(tmp_path: Path) -> Path:
     return make_cache(tmp_path / "set.h5", ITEMS)
 
 
-@pytest.fixture
-def fake_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    """load_retriever builds fakes from their spec, and checkpoints named shift-K are fakes."""
-    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: FakeRetriever(spec["shift"], spec["fusion"]))
-    monkeypatch.setitem(RETRIEVER_KINDS, "trained", lambda spec, device: FakeRetriever(int(Path(spec["path"]).name.split("-")[1]), "late"))
-
-
 def test_caption_queries_of_the_split_rank_all_its_items(cache: Path) -> None:
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("fake", FakeRetriever())], collection)
+        report = evaluate([RetrieverScorer("fake", SlotRetriever())], collection)
     assert [item.id for item in report.collection.items] == ["t0", "t1", "t2", "t3"]
     assert [q.id for q in report.queries] == ["t0#0", "t0#1", "t1#0", "t2#0", "t3#0"]
     result = report.results[0]
@@ -146,7 +88,7 @@ def test_explicit_queries_map_relevant_ids_to_positions_and_skip_other_splits(ca
         Query("any", "1", ["t1"]),  # no split: kept
     ]
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("fake", FakeRetriever())], collection, queries)
+        report = evaluate([RetrieverScorer("fake", SlotRetriever())], collection, queries)
     assert [q.id for q in report.queries] == ["both", "any"]
     result = report.results[0]
     assert result.ranks == [[1, 2], [1]]
@@ -158,7 +100,7 @@ def test_queries_with_relevant_items_outside_the_evaluated_ones_are_named(cache:
     queries = [Query("fine", "0", ["t0"]), Query("lost", "4", ["r0"]), Query("half", "0", ["t0", "nowhere"])]
     with open_collection([cache], "test") as collection:
         with pytest.raises(AmrError) as error:
-            evaluate([RetrieverScorer("fake", FakeRetriever())], collection, queries)
+            evaluate([RetrieverScorer("fake", SlotRetriever())], collection, queries)
     message = str(error.value)
     assert "2 queries" in message and "'lost' ('r0')" in message and "'half' ('nowhere')" in message
     assert "'fine'" not in message
@@ -166,12 +108,12 @@ def test_queries_with_relevant_items_outside_the_evaluated_ones_are_named(cache:
 
 def test_runs_of_one_configuration_get_mean_and_sample_std(cache: Path) -> None:
     scorers = [
-        RetrieverScorer("seed0", FakeRetriever(0, "late")),
-        RetrieverScorer("seed1", FakeRetriever(1, "late")),
-        RetrieverScorer("seed2", FakeRetriever(2, "late")),
-        RetrieverScorer("audio", FakeRetriever(0, "none")),  # alone in its configuration: no aggregate
-        RetrieverScorer("zs1", FakeRetriever(0, "late", "zero-shot")),
-        RetrieverScorer("zs2", FakeRetriever(1, "late", "zero-shot")),  # zero-shot models are never averaged
+        RetrieverScorer("seed0", SlotRetriever(0, "late")),
+        RetrieverScorer("seed1", SlotRetriever(1, "late")),
+        RetrieverScorer("seed2", SlotRetriever(2, "late")),
+        RetrieverScorer("audio", SlotRetriever(0, "none")),  # alone in its configuration: no aggregate
+        RetrieverScorer("zs1", SlotRetriever(0, "late", "zero-shot")),
+        RetrieverScorer("zs2", SlotRetriever(1, "late", "zero-shot")),  # zero-shot models are never averaged
         BM25(),
     ]
     with open_collection([cache], "test") as collection:
@@ -189,7 +131,7 @@ def test_runs_of_one_configuration_get_mean_and_sample_std(cache: Path) -> None:
 
 def test_breakdown_by_metadata_averages_over_each_groups_queries(cache: Path) -> None:
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("fake", FakeRetriever())], collection, by="has_metadata")
+        report = evaluate([RetrieverScorer("fake", SlotRetriever())], collection, by="has_metadata")
     assert report.groups == ["yes", "yes", "no", "yes", "yes"]  # t1 has no metadata
     summary = report.summary()
     assert summary["group_queries"] == {"no": 1, "yes": 4}
@@ -210,7 +152,7 @@ def test_breakdown_of_several_relevant_items_and_by_field_and_split(cache: Path)
 
 def test_per_query_json_has_the_summary_ranks_and_best_items(cache: Path, tmp_path: Path) -> None:
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("fake", FakeRetriever()), BM25()], collection, by="has_metadata")
+        report = evaluate([RetrieverScorer("fake", SlotRetriever()), BM25()], collection, by="has_metadata")
     write_per_query(report, tmp_path / "per-query.json")
     written = json.loads((tmp_path / "per-query.json").read_text())
     assert written["summary"] == json.loads(json.dumps(report.summary()))
@@ -236,18 +178,18 @@ def test_per_query_json_has_the_summary_ranks_and_best_items(cache: Path, tmp_pa
 
 def test_recall_curve_plot_is_written(cache: Path, tmp_path: Path) -> None:
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("a", FakeRetriever(0)), RetrieverScorer("b", FakeRetriever(1))], collection, curves=True)
+        report = evaluate([RetrieverScorer("a", SlotRetriever(0)), RetrieverScorer("b", SlotRetriever(1))], collection, curves=True)
     curve = report.summary()["models"][0]["recall_curve"]
     assert len(curve) == 50 and curve[:4] == pytest.approx([3 / 5, 4 / 5, 4 / 5, 1.0])
     plot_recall(report, tmp_path / "recall.png")
     assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_index_scores_like_the_model_that_built_it(cache: Path, tmp_path: Path, fake_kind: None) -> None:
-    build_index(FakeRetriever(), [cache], tmp_path / "index.h5", splits=["test"], show_progress=False)
+def test_an_index_scores_like_the_model_that_built_it(cache: Path, tmp_path: Path, slot_kinds: None) -> None:
+    build_index(SlotRetriever(), [cache], tmp_path / "index.h5", splits=["test"], show_progress=False)
     index = open_index(tmp_path / "index.h5")
     with open_collection([cache], "test") as collection:
-        report = evaluate([RetrieverScorer("model", FakeRetriever()), IndexScorer("index", index)], collection)
+        report = evaluate([RetrieverScorer("model", SlotRetriever()), IndexScorer("index", index)], collection)
     assert report.results[0].ranks == report.results[1].ranks == RANKS
     assert report.summary()["aggregates"] == []  # one model (one fingerprint) is one run, not two
     # Without caches the index's own items are evaluated.
@@ -257,7 +199,7 @@ def test_an_index_scores_like_the_model_that_built_it(cache: Path, tmp_path: Pat
         with pytest.raises(AmrError, match="lacks 1 of the 5 evaluated items \\('r0'\\)"):
             evaluate([IndexScorer("index", index)], collection)
     with pytest.raises(AmrError, match="needs the embedding caches"):
-        evaluate([RetrieverScorer("model", FakeRetriever())], index_collection(index, "test"))
+        evaluate([RetrieverScorer("model", SlotRetriever())], index_collection(index, "test"))
 
 
 def test_bm25_ranks_the_item_whose_metadata_matches_first(cache: Path) -> None:
@@ -310,7 +252,7 @@ def test_model_names_are_short_and_distinct(tmp_path: Path) -> None:
         model_names([tmp_path / "late.h5", tmp_path / "late.h5"])
 
 
-def test_the_command_prints_json_in_a_pipe_and_writes_the_files(cache: Path, tmp_path: Path, fake_kind: None) -> None:
+def test_the_command_prints_json_in_a_pipe_and_writes_the_files(cache: Path, tmp_path: Path, slot_kinds: None) -> None:
     runs = [tmp_path / "shift-0", tmp_path / "shift-1"]
     for run in runs:
         run.mkdir()
@@ -359,7 +301,7 @@ def _text(table) -> str:
 
 def test_metrics_agree_with_amr_metrics(cache: Path) -> None:
     """The report's numbers are amr.metrics' on the same score matrix."""
-    retriever = FakeRetriever(1)
+    retriever = SlotRetriever(1)
     with open_collection([cache], "test") as collection:
         report = evaluate([RetrieverScorer("fake", retriever)], collection)
         vectors = retriever.encode_items(collection.parts[0][0], collection.parts[0][1])

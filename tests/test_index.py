@@ -2,132 +2,26 @@
 
 A small fake Retriever (late fusion, a fixed random audio projection and a
 hashed bag-of-words text tower) over synthetic caches keeps these tests fast;
-tests/test_query.py reuses it.
+it lives in tests/support/words.py, shared with the query, serve and CLI tests.
 """
 
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from support.words import LIBRARY, MORE, D, VectorRetriever, WordsRetriever, clustered, make_cache
 
-from amr.audio.mobilenet import audioset_class_names
-from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
+from amr.cache import EmbeddingCache
 from amr.errors import AmrError
 from amr.index.build import build_index
 from amr.index.format import TAGS_STORED, sidecar_path
 from amr.index.reader import open_index
 from amr.index.search import exact_search, explain, machine_tags, search
-from amr.items import Item, metadata_text
-from amr.model.fusion import Fusion
-from amr.model.retrievers import RETRIEVER_KINDS
-from amr.model.text import normalize_text
-
-C = 16  # frame embedding size of the fake caches
-D = 32  # size of each segment of the fake retriever
-
-
-def words(text: str) -> np.ndarray:
-    """Hashed bag of words, unit length (zero for no words)."""
-    v = np.zeros(D, np.float32)
-    for word in normalize_text(text).split():
-        h = zlib.crc32(word.encode())
-        v[h % D] += 1.0 if (h >> 16) & 1 else -1.0
-    n = np.linalg.norm(v)
-    return v / n if n else v
-
-
-class FakeRetriever:
-    """Late fusion exactly as the Retriever protocol defines it: item
-    [a; m] / |a + m|, query [q; q], example [a; 0]."""
-
-    kind = "fake"
-    fusion = Fusion.late
-    parts = [("audio", D), ("metadata", D)]
-    captions_as_metadata = False
-
-    def __init__(self, fingerprint: str = "fake-1", spec: dict | None = None):
-        self.fingerprint = fingerprint
-        self.configuration = fingerprint
-        self.spec = spec or {"kind": "fake", "fingerprint": fingerprint}
-        self.projection = np.random.default_rng(0).standard_normal((C, D)).astype(np.float32)
-        self.encoded: list[str] = []  # item ids, in the order encode_items saw them
-
-    def audio(self, sequence: np.ndarray) -> np.ndarray:
-        a = sequence.mean(0) @ self.projection
-        return a / np.linalg.norm(a)
-
-    def item(self, sequence: np.ndarray, text: str | None) -> np.ndarray:
-        a = self.audio(sequence)
-        m = words(text) if text else np.zeros(D, np.float32)
-        return np.concatenate([a, m]) / np.linalg.norm(a + m)
-
-    def metadata(self, cache: EmbeddingCache, i: int, auto_tags: int) -> str | None:
-        text = metadata_text(cache.items[i])
-        if text is None and auto_tags:
-            text = " ".join(audioset_class_names()[c] for c in np.argsort(-cache.tags[i])[:auto_tags])
-        return text
-
-    def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
-        out = []
-        for i in indices:
-            out.append(self.item(cache.sequence(i), self.metadata(cache, i, auto_tags)))
-            self.encoded.append(cache.items[i].id)
-        return np.stack(out)
-
-    def encode_items_with_metadata(self, cache: EmbeddingCache, indices, metadata) -> np.ndarray:
-        texts = metadata if metadata is not None else [None] * len(indices)
-        return np.stack([self.item(cache.sequence(i), text) for i, text in zip(indices, texts)])
-
-    def encode_segments(self, cache: EmbeddingCache, index: int, auto_tags: int = 0) -> np.ndarray:
-        return self.encode_spans(cache, index, cache.segments(index), auto_tags)
-
-    def encode_spans(self, cache: EmbeddingCache, index: int, segments, auto_tags: int = 0) -> np.ndarray:
-        sequence, text = cache.sequence(index), self.metadata(cache, index, auto_tags)
-        return np.stack([self.item(sequence[s.start : s.end], text) for s in segments])
-
-    def encode_queries(self, texts: list[str]) -> np.ndarray:
-        q = np.stack([words(t) for t in texts])
-        return np.concatenate([q, q], axis=1)
-
-    def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
-        a = np.stack([self.audio(s) for s in sequences])
-        return np.concatenate([a, np.zeros_like(a)], axis=1)
-
-
-@pytest.fixture
-def fake_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let load_retriever rebuild fake retrievers from their spec."""
-    monkeypatch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: FakeRetriever(spec["fingerprint"]))
-
-
-LIBRARY = [
-    Item("dog", "/sounds/dog.wav", "train", {"title": "dog barking in the rain"}),
-    Item("cat", "/sounds/cat.wav", "train", {"tags": ["cat", "meowing"]}),
-    Item("rain", "/sounds/rain.wav", "test", {"description": "heavy rain on a tin roof"}),
-    Item("engine", "/sounds/engine.wav", "test", {}),  # no metadata
-    Item("birds", "/sounds/birds.wav", "val", {"keywords": ["birds", "singing", "morning"]}),
-]
-MORE = [
-    Item("thunder", "/more/thunder.wav", "test", {"title": "thunder storm"}),
-    Item("dog", "/more/dog2.wav", "test", {"title": "small dog yapping"}),  # replaces "dog"
-]
-
-
-def make_cache(path: Path, items: list[Item], seed: int = 0, weights_sha256: str = "a" * 64) -> Path:
-    """A cache of random sequences (3 to 8 frames) and random tag probabilities."""
-    info = CacheInfo("mn04_as", weights_sha256, C, 527, 32000, 3.125, 10.0, 0)
-    rng = np.random.default_rng(seed)
-    clips = [
-        ClipEmbedding(item, rng.standard_normal((int(rng.integers(3, 9)), C)).astype(np.float32), rng.random(527).astype(np.float32))
-        for item in items
-    ]
-    write_cache(path, info, clips)
-    return path
+from amr.items import Item
 
 
 @pytest.fixture
@@ -136,7 +30,7 @@ def library(tmp_path: Path) -> Path:
 
 
 def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Path, tmp_path: Path) -> None:
-    retriever = FakeRetriever()
+    retriever = WordsRetriever()
     report = build_index(retriever, [library], tmp_path / "index.h5", show_progress=False)
     assert (report.items, report.added, report.replaced, report.ann) == (5, 5, 0, None)
     index = open_index(tmp_path / "index.h5")
@@ -157,7 +51,7 @@ def test_build_stores_one_vector_per_item_with_everything_to_show_it(library: Pa
 
 
 def test_an_item_without_metadata_gets_an_audio_only_vector(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
     engine = index.vectors[3]
     assert index.item(3).metadata == {}
@@ -167,32 +61,32 @@ def test_an_item_without_metadata_gets_an_audio_only_vector(library: Path, tmp_p
 
 def test_auto_tags_give_items_without_metadata_their_machine_tags(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], output, auto_tags=3, show_progress=False)
+    build_index(WordsRetriever(), [library], output, auto_tags=3, show_progress=False)
     index = open_index(output)
     assert index.header.auto_tags == 3
     assert np.linalg.norm(index.vectors[3][D:]) > 0  # "engine" has no metadata, but tags now
     more = make_cache(tmp_path / "more.h5", MORE)
     with pytest.raises(AmrError, match="auto tags 3, not 0"):
-        build_index(FakeRetriever(), [more], output, append=True, auto_tags=0, show_progress=False)
-    build_index(FakeRetriever(), [more], output, append=True, show_progress=False)
+        build_index(WordsRetriever(), [more], output, append=True, auto_tags=0, show_progress=False)
+    build_index(WordsRetriever(), [more], output, append=True, show_progress=False)
     assert open_index(output).header.auto_tags == 3
 
 
 def test_split_selects_the_items_indexed(library: Path, tmp_path: Path) -> None:
-    report = build_index(FakeRetriever(), [library], tmp_path / "eval.h5", splits=["test"], show_progress=False)
+    report = build_index(WordsRetriever(), [library], tmp_path / "eval.h5", splits=["test"], show_progress=False)
     assert report.items == 2
     assert open_index(tmp_path / "eval.h5").ids() == ["rain", "engine"]
     with pytest.raises(AmrError, match="no items in split"):
-        build_index(FakeRetriever(), [library], tmp_path / "none.h5", splits=["nope"], show_progress=False)
+        build_index(WordsRetriever(), [library], tmp_path / "none.h5", splits=["nope"], show_progress=False)
 
 
 def test_append_encodes_only_the_new_cache_and_a_repeated_id_replaces_the_old(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], output, show_progress=False)
+    build_index(WordsRetriever(), [library], output, show_progress=False)
     before = open_index(output)
     old_vectors = {item_id: before.vectors[r].copy() for r, item_id in enumerate(before.ids())}
 
-    retriever = FakeRetriever()
+    retriever = WordsRetriever()
     more = make_cache(tmp_path / "more.h5", MORE, seed=1)
     report = build_index(retriever, [more], output, append=True, show_progress=False)
     assert retriever.encoded == ["thunder", "dog"]  # nothing of the old index was encoded again
@@ -210,24 +104,24 @@ def test_append_encodes_only_the_new_cache_and_a_repeated_id_replaces_the_old(li
 
 def test_append_refuses_an_index_of_another_checkpoint(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever("fake-1"), [library], output, show_progress=False)
+    build_index(WordsRetriever("fake-1"), [library], output, show_progress=False)
     more = make_cache(tmp_path / "more.h5", MORE)
     with pytest.raises(AmrError, match=r"built with .*fake-1.*not .*fake-2"):
-        build_index(FakeRetriever("fake-2"), [more], output, append=True, show_progress=False)
+        build_index(WordsRetriever("fake-2"), [more], output, append=True, show_progress=False)
     assert len(open_index(output)) == 5  # untouched
 
 
 def test_append_refuses_caches_of_another_audio_model(library: Path, tmp_path: Path) -> None:
     output = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], output, show_progress=False)
+    build_index(WordsRetriever(), [library], output, show_progress=False)
     other = make_cache(tmp_path / "other.h5", MORE, weights_sha256="b" * 64)
     with pytest.raises(AmrError, match="holds embeddings of"):
-        build_index(FakeRetriever(), [other], output, append=True, show_progress=False)
+        build_index(WordsRetriever(), [other], output, append=True, show_progress=False)
 
 
 def test_append_needs_an_existing_index(library: Path, tmp_path: Path) -> None:
     with pytest.raises(AmrError, match="no index to append to"):
-        build_index(FakeRetriever(), [library], tmp_path / "missing.h5", append=True, show_progress=False)
+        build_index(WordsRetriever(), [library], tmp_path / "missing.h5", append=True, show_progress=False)
 
 
 def test_a_file_that_is_not_an_index_is_refused(library: Path, tmp_path: Path) -> None:
@@ -235,7 +129,7 @@ def test_a_file_that_is_not_an_index_is_refused(library: Path, tmp_path: Path) -
         open_index(library)
     with pytest.raises(AmrError, match="no such index file"):
         open_index(tmp_path / "nothing.h5")
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     with h5py.File(tmp_path / "index.h5", "a") as f:
         f.attrs["version"] = 99
     with pytest.raises(AmrError, match="version 99"):
@@ -257,18 +151,18 @@ def test_exact_search_matches_brute_force_and_breaks_ties_by_row() -> None:
 
 
 def test_search_asks_no_more_than_the_index_holds(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
-    rows, scores = search(index, FakeRetriever().encode_queries(["dog barking"]), top=50)
+    rows, scores = search(index, WordsRetriever().encode_queries(["dog barking"]), top=50)
     assert rows.shape == (1, 5) and sorted(rows[0].tolist()) == list(range(5))
     assert index.item(int(rows[0, 0])).id == "dog"
     assert np.all(np.diff(scores[0]) <= 0)
 
 
 def test_explain_splits_the_score_into_audio_and_metadata(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
-    query = FakeRetriever().encode_queries(["dog barking in the rain"])
+    query = WordsRetriever().encode_queries(["dog barking in the rain"])
     rows, scores = search(index, query, top=5)
     for row, score in zip(rows[0], scores[0]):
         parts = explain(index, query[0], int(row))
@@ -283,7 +177,7 @@ def test_explain_splits_the_score_into_audio_and_metadata(library: Path, tmp_pat
 
 
 def test_a_part_search_ranks_by_cosine_within_the_part(library: Path, tmp_path: Path) -> None:
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     index = open_index(tmp_path / "index.h5")
     query = np.random.default_rng(1).standard_normal((1, 2 * D)).astype(np.float32)
     rows, scores = search(index, query, top=5, part="audio")
@@ -297,25 +191,6 @@ def test_a_part_search_ranks_by_cosine_within_the_part(library: Path, tmp_path: 
 
 
 # --- approximate index ----------------------------------------------------------------------
-
-
-def clustered(n: int, dim: int, seed: int) -> np.ndarray:
-    """Unit vectors around 50 random centres."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((50, dim))
-    x = centres[rng.integers(0, 50, n)] + 0.6 * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-class VectorRetriever(FakeRetriever):
-    """Items get given vectors (by the number in their id): an index of any size without a model."""
-
-    def __init__(self, vectors: np.ndarray):
-        super().__init__()
-        self.vectors = vectors
-
-    def encode_items(self, cache: EmbeddingCache, indices, auto_tags: int = 0) -> np.ndarray:
-        return self.vectors[[int(cache.items[i].id) for i in indices]]
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +232,7 @@ def test_ann_index_reaches_its_recall_and_is_rebuilt_on_append(big_cache: Path, 
 
 
 def test_small_indexes_are_exact_unless_asked(library: Path, tmp_path: Path) -> None:
-    report = build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    report = build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
     assert report.ann is None and open_index(tmp_path / "index.h5").ann is None
     assert list(tmp_path.glob("*.faiss")) == []
 
@@ -375,11 +250,11 @@ def test_items_whose_file_changed_or_vanished_since_extraction_are_counted_on_st
         items.append(Item(name, str(path), "train", {"title": name}, audio_size=stat.st_size, audio_mtime_ns=stat.st_mtime_ns))
     items.append(Item("unknown", "/nowhere/unknown.wav", "train", {"title": "recorded nothing"}))  # no size or time: not counted
     cache = make_cache(tmp_path / "library.h5", items)
-    build_index(FakeRetriever(), [cache], tmp_path / "clean.h5", show_progress=False)
+    build_index(WordsRetriever(), [cache], tmp_path / "clean.h5", show_progress=False)
     assert "since extraction" not in capsys.readouterr().err
     files["edited"].write_bytes(b"RIFF" + bytes(80))
     files["deleted"].unlink()
     os.utime(files["touched"], ns=(0, 0))
-    build_index(FakeRetriever(), [cache], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [cache], tmp_path / "index.h5", show_progress=False)
     err = " ".join(capsys.readouterr().err.split())
     assert f"{cache}: 3 item(s) changed (2) or vanished (1) on disk since extraction" in err and "run `amr extract` again" in err

@@ -2,7 +2,7 @@
 their compaction, the id lookup, damaged files, kills and concurrent runs.
 
 Small sizes (a few thousand 64-dim vectors) with the fake retrievers of
-tests/test_index.py; the thresholds that pick a tier by size are bypassed
+tests/support/words.py; the thresholds that pick a tier by size are bypassed
 with ``ann_kind`` (and TIDY_LIMIT, which otherwise compacts small indexes at
 every replacement).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index import D, VectorRetriever, clustered, make_cache
+from support.words import D, VectorRetriever, WordsRetriever, clustered, make_cache
 
 import amr.index.ann
 import amr.index.build
@@ -217,11 +217,9 @@ def test_replaced_rows_are_dead_until_compacted(
 
 
 def test_ids_seen_twice_in_one_run_keep_the_last_through_many_lookup_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_index import FakeRetriever
-
     monkeypatch.setattr(amr.index.store, "LOOKUP_CHUNK", 7)  # merge the lookup every 7 items…
     monkeypatch.setattr(amr.index.store, "_LOOKUP_BLOCK", 5)  # …5 entries of the old one at a time
-    retriever = FakeRetriever()
+    retriever = WordsRetriever()
     header = amr.index.format.IndexHeader.of(retriever, make_cache_info(), [])
     ids = [f"clip-{i % 40}" for i in range(60)]  # clip-0 … clip-19 come twice; the second one counts
     batches = [batch_of(ids[a : a + 9], a) for a in range(0, 60, 9)]
@@ -257,9 +255,7 @@ def batch_of(ids: list[str], seed: int) -> Rows:
 
 
 def test_items_of_several_rows_are_searched_by_their_best_row_on_disk(tmp_path: Path) -> None:
-    from test_index import FakeRetriever
-
-    retriever = FakeRetriever()
+    retriever = WordsRetriever()
     header = amr.index.format.IndexHeader.of(retriever, make_cache_info(), [])
     vectors = clustered(3000 + 50, 2 * D, seed=11)
     row_item = np.arange(3000) // 2  # 1500 items of two segments each
@@ -330,7 +326,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     import numpy as np
-    from test_index import VectorRetriever, clustered
+    from support.words import VectorRetriever, clustered
     from amr.errors import AmrError
     from amr.index.build import build_index
 

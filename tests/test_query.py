@@ -1,6 +1,6 @@
 """Queries: the Python API, the input and output formats, and `amr index` / `amr query` end to end.
 
-Uses the fake retriever and synthetic caches of tests/test_index.py; the
+Uses the fake retriever and synthetic caches of tests/support/words.py; the
 checkpoint kind of retriever is faked by a file holding a fingerprint, so the
 CLI's path from index to the checkpoint it records is the real one.
 """
@@ -18,32 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_index import LIBRARY, MORE, FakeRetriever, make_cache
+from support.words import LIBRARY, MORE, checkpoint_retriever, make_cache
 from typer.testing import CliRunner
 
 from amr.cache import ClipEmbedding, EmbeddingCache, write_cache
 from amr.cli import app
 from amr.errors import AmrError
 from amr.index.build import build_index
-from amr.model.checkpoint import checkpoint_spec
-from amr.model.retrievers import RETRIEVER_KINDS
 from amr.query import Searcher, open_searcher, run_queries
 from amr.results import Failure, Format, QueryInput, Result, gather_queries, make_writer
-
-
-@pytest.fixture
-def checkpoints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Fake checkpoints: a file whose text is the model's fingerprint."""
-    monkeypatch.setitem(RETRIEVER_KINDS, "trained", lambda spec, device: FakeRetriever(Path(spec["path"]).read_text().strip(), spec))
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    for name in ("a", "b"):
-        (folder / f"{name}.ckpt").write_text(f"fake-{name}\n")
-    return folder
-
-
-def checkpoint_retriever(path: Path) -> FakeRetriever:
-    return FakeRetriever(path.read_text().strip(), checkpoint_spec(path))
 
 
 @pytest.fixture

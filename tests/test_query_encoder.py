@@ -22,9 +22,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_index import make_cache
-from test_serve import running
-from test_train import configs, synthetic_cache
+from support.serving import running
+from support.training import configs, synthetic_cache
+from support.words import make_cache
 from typer.testing import CliRunner
 
 from amr.cli import app

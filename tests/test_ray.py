@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_extract import write_bad_audio  # the awkward files of the local engine's test
+from support.audio import write_bad_audio  # the awkward files of the local engine's test
 
 import amr.extraction.decoding
 from amr.audio.weights import ResolvedWeights, resolve_weights

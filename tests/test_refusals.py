@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_cli import AMR, amr, one_error_line
-from test_index import LIBRARY, D, FakeRetriever
-from test_index import make_cache as make_library
-from test_train import configs, synthetic_cache
+from support.commands import AMR, amr, one_error_line
+from support.training import configs, synthetic_cache
+from support.words import LIBRARY, D, WordsRetriever
+from support.words import make_cache as make_library
 from typer.testing import CliRunner
 
 from amr.cli import app
@@ -176,7 +176,7 @@ def leftovers(folder: Path, stem: str) -> list[str]:
 def test_a_directory_as_index_output_is_one_line_and_leaves_nothing(library: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     with pytest.raises(AmrError, match=f"{tmp_path / 'out'}: a directory"):
-        build_index(FakeRetriever(), [library], tmp_path / "out", show_progress=False)
+        build_index(WordsRetriever(), [library], tmp_path / "out", show_progress=False)
     assert leftovers(tmp_path, "out") == []
 
 
@@ -184,25 +184,25 @@ def test_an_index_never_overwrites_a_file_of_another_kind_unless_forced(library:
     cache = make_library(tmp_path / "other.h5", LIBRARY)
     before = cache.read_bytes()
     with pytest.raises(AmrError, match="other.h5: exists and is not an amr index.*--force"):
-        build_index(FakeRetriever(), [library], cache, show_progress=False)
+        build_index(WordsRetriever(), [library], cache, show_progress=False)
     assert cache.read_bytes() == before
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)
-    build_index(FakeRetriever(), [library], tmp_path / "index.h5", show_progress=False)  # an index is rebuilt in place
-    build_index(FakeRetriever(), [library], cache, force=True, show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [library], tmp_path / "index.h5", show_progress=False)  # an index is rebuilt in place
+    build_index(WordsRetriever(), [library], cache, force=True, show_progress=False)
     assert len(Index(cache).ids()) == len(LIBRARY)
 
 
 @pytest.mark.parametrize("limit", [100, 1000, 3000, 6000, 9000, 12000])
 def test_a_full_disk_during_index_or_append_names_the_file_and_keeps_the_index(limit: int, library: Path, tmp_path: Path) -> None:
     index = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], index, show_progress=False)
+    build_index(WordsRetriever(), [library], index, show_progress=False)
     kept = search(open_index(index), QUERY, 3, exact=True)
     folders = leftovers(tmp_path, "index")
     more = make_library(tmp_path / "more.h5", LIBRARY, seed=1)  # every id again: replaced, compacted
     for output, append in ((tmp_path / "new.h5", False), (index, True)):
         try:
             with file_size_limit(limit):
-                build_index(FakeRetriever(), [more], output, append=append, show_progress=False)
+                build_index(WordsRetriever(), [more], output, append=append, show_progress=False)
             continue  # all it writes fits under the limit
         except AmrError as e:
             names_a_file_of(e, tmp_path)
@@ -217,7 +217,7 @@ def test_a_full_disk_during_index_or_append_names_the_file_and_keeps_the_index(l
 @pytest.mark.parametrize("column", ["items", "row_item", "vectors", "item_ends"])
 def test_random_bytes_in_an_index_column_are_one_line_naming_it(column: str, library: Path, tmp_path: Path) -> None:
     index = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], index, show_progress=False)
+    build_index(WordsRetriever(), [library], index, show_progress=False)
     file = next(tmp_path.glob(f"index.*.data/{column}"))
     rng = np.random.default_rng(3)
     raw = bytearray(rng.bytes(file.stat().st_size))
@@ -233,7 +233,7 @@ def test_random_bytes_in_an_index_column_are_one_line_naming_it(column: str, lib
 @pytest.mark.parametrize("parts", ['[["audio", 1e400]]', '[["audio", -8], ["metadata", 24]]', "[1, 2]", '[["audio", 8], ["audio", 8]]'])
 def test_a_bad_parts_attribute_is_one_line(parts: str, library: Path, tmp_path: Path) -> None:
     index = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], index, show_progress=False)
+    build_index(WordsRetriever(), [library], index, show_progress=False)
     with h5py.File(index, "a") as f:
         f.attrs["parts"] = parts
     with pytest.raises(AmrError, match="index.h5: damaged index attributes"):
@@ -242,11 +242,11 @@ def test_a_bad_parts_attribute_is_one_line(parts: str, library: Path, tmp_path: 
 
 def test_a_damaged_lookup_is_refused_before_an_append_duplicates_every_item(library: Path, tmp_path: Path) -> None:
     index = tmp_path / "index.h5"
-    build_index(FakeRetriever(), [library], index, show_progress=False)
+    build_index(WordsRetriever(), [library], index, show_progress=False)
     lookup = next(tmp_path.glob("index.*.data/lookup.*"))
     lookup.write_bytes(np.random.default_rng(4).bytes(lookup.stat().st_size))
     with pytest.raises(AmrError, match=f"{lookup}: damaged"):
-        build_index(FakeRetriever(), [library], index, append=True, show_progress=False)
+        build_index(WordsRetriever(), [library], index, append=True, show_progress=False)
     assert len(Index(index).ids()) == len(LIBRARY)
 
 

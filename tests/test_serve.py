@@ -1,6 +1,6 @@
 """`amr serve`: the JSON API, through HTTP requests to a live server on 127.0.0.1.
 
-Most tests run against an index of the fake retriever of tests/test_index.py
+Most tests run against an index of the fake retriever of tests/support/words.py
 whose items point at real audio files of shared/data/sounds (so streamed
 bytes can be compared with the files); one item stands for a long recording
 indexed as two segments. The last tests use a real zero-shot index of the
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import http.client
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,23 +20,20 @@ import pytest
 import requests
 import soundfile as sf
 from conftest import SHARED
-from test_index import FakeRetriever, fake_kind, make_cache  # noqa: F401  (a fixture)
-from test_query import checkpoint_retriever, checkpoints  # noqa: F401  (a fixture)
+from support.serving import UPLOAD_LIMIT, running, split_in_two
+from support.words import WordsRetriever, checkpoint_retriever, make_cache
 
 from amr.cache import EmbeddingCache
 from amr.errors import AmrError
 from amr.files import sha256_file
 from amr.index.build import build_index
-from amr.index.reader import Index, open_index
-from amr.index.store import Rows, write_index
+from amr.index.reader import Index
 from amr.items import Item
 from amr.model.retrievers import RETRIEVER_KINDS
-from amr.model.zeroshot import ZeroShotRetriever
-from amr.query import MAX_EXAMPLE_SECONDS, Searcher, open_searcher
+from amr.query import MAX_EXAMPLE_SECONDS, open_searcher
 from amr.server.app import LocalServer, create_app, is_loopback, serve
 
 SOUNDS = SHARED / "data" / "sounds" / "audio"
-UPLOAD_LIMIT = 1 << 20  # of the fake server: the test clips are smaller, but not all (freesound-train.wav is 3 MB)
 
 
 def library(sounds: Path) -> list[Item]:
@@ -51,27 +46,6 @@ def library(sounds: Path) -> list[Item]:
         Item("field/train passing 1", str(sounds / "freesound-train.wav"), "train", {"title": "a train passing by"}),
         Item("gone", str(sounds / "no-such-file.wav"), "train", {"title": "a deleted recording"}),
     ]
-
-
-def split_in_two(path: Path, item_id: str, stand_in_id: str) -> None:
-    """Rewrite the index at ``path`` with item ``item_id`` as a long recording
-    of two segments: its first half holds the vector and tags of ``stand_in_id``,
-    its second half its own, so a search for it finds it at half its length.
-    (A stand-in for segments computed by `amr index`, which one of its callers
-    tests; here only what the API and the page do with a start time matters.)"""
-    index = open_index(path)
-    if not index.single_rows:
-        raise ValueError(f"{path}: has segments already")
-    ids = index.ids()
-    long, stand_in = ids.index(item_id), ids.index(stand_in_id)
-    rows = index.rows()
-    order = [*range(long), stand_in, *range(long, len(ids))]  # rows in item order, one more before the long item's own
-    row_item = np.array([*range(long), long, *range(long, len(ids))])
-    spans = rows.spans[order].copy()
-    half = float(rows.spans[long, 1]) / 2
-    spans[long] = (0.0, half)
-    spans[long + 1, 0] = half
-    write_index(path, index.header, Rows(rows.items, row_item, spans, rows.vectors[order], rows.tags[order], rows.tag_probs[order]))
 
 
 class ContentEmbedder:
@@ -89,29 +63,11 @@ class ContentEmbedder:
         return self.cache.sequence(row), self.cache.tags[row]
 
 
-@contextmanager
-def running(searcher: Searcher, upload_limit: int = UPLOAD_LIMIT) -> Iterator[str]:
-    """The app over ``searcher`` answering on a free port of 127.0.0.1, in a thread; its base URL."""
-    local = LocalServer(create_app(searcher, upload_limit), "127.0.0.1", 0)
-    thread = threading.Thread(target=local.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not local.server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield local.url.rstrip("/")
-    finally:
-        local.stop()
-        thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def fake_index(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
     folder = tmp_path_factory.mktemp("serve")
     cache = make_cache(folder / "library.h5", library(shared / "data" / "sounds" / "audio"))
-    build_index(FakeRetriever(), [cache], folder / "index.h5", show_progress=False)
+    build_index(WordsRetriever(), [cache], folder / "index.h5", show_progress=False)
     split_in_two(folder / "index.h5", "field/train passing 1", "birds")
     return folder / "index.h5"
 
@@ -119,7 +75,7 @@ def fake_index(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
 @pytest.fixture(scope="module")
 def api(fake_index: Path) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: FakeRetriever(spec["fingerprint"]))
+        patch.setitem(RETRIEVER_KINDS, "fake", lambda spec, device: WordsRetriever(spec["fingerprint"]))
         searcher = open_searcher(fake_index)
         searcher.clip_embedder = ContentEmbedder(fake_index.with_name("library.h5"))
         with running(searcher) as url:
@@ -212,7 +168,7 @@ def test_uploads_that_are_too_large_missing_or_not_audio_are_refused(api: str) -
     assert detail.startswith("notes.txt: not an audio file") and "amr-serve-" not in detail  # names the upload, not the temporary copy
 
 
-@pytest.mark.usefixtures("fake_kind")
+@pytest.mark.usefixtures("words_kind")
 def test_an_upload_to_a_server_without_the_index_audio_model_says_which_weights(fake_index: Path, mn04_weights: Path) -> None:
     searcher = open_searcher(fake_index, audio_weights=mn04_weights)  # the fake caches record other weights
     with running(searcher) as url:
@@ -289,7 +245,7 @@ def test_the_page_and_its_assets_are_served(api: str) -> None:
     assert (info["items"], info["segments"], info["kind"], info["parts"]) == (7, 8, "fake", ["audio", "metadata"])
 
 
-def test_a_missing_or_mismatched_index_or_a_busy_port_is_one_clear_error(tmp_path: Path, checkpoints: Path) -> None:  # noqa: F811
+def test_a_missing_or_mismatched_index_or_a_busy_port_is_one_clear_error(tmp_path: Path, checkpoints: Path) -> None:
     with pytest.raises(AmrError, match=r"none\.h5: no such index file"):
         serve(tmp_path / "none.h5")
     cache = make_cache(tmp_path / "library.h5", library(SOUNDS))
@@ -312,7 +268,7 @@ def test_requests_for_another_host_name_are_refused_on_loopback(api: str) -> Non
         assert requests.get(f"{api}/api/info", headers={"Host": host}, timeout=60).status_code == 200, host
 
 
-@pytest.mark.usefixtures("fake_kind")
+@pytest.mark.usefixtures("words_kind")
 def test_a_server_on_another_address_answers_to_any_host_name(fake_index: Path) -> None:
     """With --host (any address but loopback) clients may use any name of the machine."""
     app = create_app(open_searcher(fake_index))
@@ -335,7 +291,7 @@ class GatedEmbedder:
         return self.inner.embed(path)
 
 
-@pytest.mark.usefixtures("fake_kind")
+@pytest.mark.usefixtures("words_kind")
 def test_an_upload_being_embedded_never_blocks_other_requests(fake_index: Path) -> None:
     """The uploaded clip was embedded under the lock text queries take: a long one held them all."""
     searcher = open_searcher(fake_index)
@@ -366,22 +322,6 @@ def test_only_loopback_hosts_count_as_local() -> None:
 
 
 # --- real data: a zero-shot index of the sounds set, the real audio model -------------------------
-
-
-@pytest.fixture(scope="module")
-def real_index(sounds_cache: Path, text_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A zero-shot index of the 39 sounds, freesound-train.wav (17.4 s) as two segments (split_in_two)."""
-    path = tmp_path_factory.mktemp("real-serve") / "sounds.zero-shot.h5"
-    build_index(ZeroShotRetriever(text=text_encoder), [sounds_cache], path, show_progress=False)
-    split_in_two(path, "freesound-train", "freesound-piano")
-    return path
-
-
-@pytest.fixture(scope="module")
-def real_api(real_index: Path, text_encoder, mn04_weights: Path) -> Iterator[str]:
-    retriever = ZeroShotRetriever(text=text_encoder)
-    with running(Searcher(open_index(real_index), retriever, mn04_weights), upload_limit=64 << 20) as url:
-        yield url
 
 
 def test_real_text_search_finds_the_clips_it_names(real_api: str) -> None:

@@ -6,55 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
-from test_serve import running
+from support.serving import FILES
 
-from amr.index.reader import open_index
-from amr.model.zeroshot import ZeroShotRetriever
-from amr.query import Searcher
 from amr.ucs import categories
-
-FILES = {
-    "Animals/ANMLDog_Two Dogs Barking_BSB_FARM.mp3": "bigsoundbank-dog.mp3",
-    "Animals/ANMLCat_Meowing Cat_BSB_FARM.mp3": "bigsoundbank-cat.mp3",
-    "Animals/Birds/rooster at dawn.mp3": "bigsoundbank-rooster.mp3",
-    "Weather/THUN_Rolling Thunder_JD_STORM.wav": "esc50-2-104105-A-19.wav",
-    "Weather/rain from a car.wav": "esc50-3-132852-A-10.wav",
-    "Transport/train passing.wav": "freesound-train.wav",
-    "0001.wav": "freesound-applause.wav",  # no metadata at all: its name has no word
-}
-
-
-@pytest.fixture(scope="module")
-def library_index(tmp_path_factory, shared: Path, mn04_weights: Path, text_encoder) -> Path:
-    from amr.audio.weights import resolve_weights
-    from amr.datasets import load_dataset
-    from amr.extraction import extract
-    from amr.index.build import build_index
-
-    folder = tmp_path_factory.mktemp("library-serve")
-    root = folder / "lib"
-    for name, clip in FILES.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shared / "data" / "sounds" / "audio" / clip, root / name)
-    cache = folder / "lib.h5"
-    report = extract(load_dataset(root).items, cache, resolve_weights("mn04_as", mn04_weights), workers=1, progress=False)
-    assert not report.failures
-    build_index(ZeroShotRetriever(text=text_encoder), [cache], folder / "lib.zero-shot.h5", show_progress=False)
-    return folder / "lib.zero-shot.h5"
-
-
-@pytest.fixture(scope="module")
-def library_api(library_index: Path, text_encoder) -> Iterator[str]:
-    with running(Searcher(open_index(library_index), ZeroShotRetriever(text=text_encoder))) as url:
-        yield url
 
 
 def browse(api: str, **params) -> dict:

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.training import TINY, configs, synthetic_cache
 from typer.testing import CliRunner
 
-from amr.cache import CacheInfo, ClipEmbedding, EmbeddingCache, write_cache
+from amr.cache import ClipEmbedding, EmbeddingCache, write_cache
 from amr.cli import app
 from amr.config import TrainConfig
 from amr.errors import AmrError
-from amr.items import Item
 from amr.model import checkpoint
 from amr.model.checkpoint import load_checkpoint
 from amr.model.model import ModelConfig
@@ -25,44 +25,12 @@ from amr.training import train
 from amr.training.data import _load_source, _plan_epoch, _training_pairs
 from amr.training.validation import _validation_metadata
 
-WORDS = ["dog", "rain", "car", "bird", "door", "water", "engine", "bell"]
-DIM = 12
-TINY = dict(width=16, depth=1, heads=2, ff=32)
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
-
-
-def synthetic_cache(path: Path, n: int = 48, views: int = 2, splits: tuple[str, ...] = ("train", "val"), model: str = "synthetic") -> Path:
-    """Clips whose frames carry their sound class, captions and keywords naming it;
-    every third clip has no metadata; every fifth is in the last split."""
-    rng = np.random.default_rng(0)
-    prototypes = np.random.default_rng(1).normal(size=(len(WORDS), DIM))
-    info = CacheInfo(model, "0" * 64, DIM, 527, 32000, 3.125, 10.0, views)
-    clips = []
-    for i in range(n):
-        c, t = i % len(WORDS), int(rng.integers(3, 12))
-        frames = prototypes[c] + rng.normal(size=(t, DIM))
-        augmented = frames[:, None] + 0.1 * rng.normal(size=(t, views, DIM)) if views else None
-        metadata = {"keywords": [WORDS[c], "sound"]} if i % 3 else {}
-        captions = [f"a {WORDS[c]} sound {k}" for k in range(3)]
-        item = Item(f"{path.stem}-{i}", f"/audio/{i}.wav", splits[-1] if i % 5 == 0 else splits[0], metadata, captions)
-        clips.append(ClipEmbedding(item, frames, rng.random(527), augmented))
-    write_cache(path, info, clips)
-    return path
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic_cache(tmp_path_factory.mktemp("caches") / "sounds.h5")
-
-
-def configs(cache: Path, **given) -> tuple[ModelConfig, TrainConfig]:
-    """A tiny frozen-text model and two epochs on ``cache``, with ``given`` options of either config."""
-    names = set(ModelConfig.__dataclass_fields__)
-    model = ModelConfig(**{"freeze_text": True, **TINY, **{k: v for k, v in given.items() if k in names}})
-    training = TrainConfig(**{"epochs": 2, "caches": (str(cache),), **{k: v for k, v in given.items() if k not in names}})
-    return model, training
 
 
 def history(directory: Path) -> list[dict]:
