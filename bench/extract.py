@@ -74,7 +74,7 @@ import sys
 from pathlib import Path
 import numpy as np
 import torch
-from amr.audio.frontend import frontend as audio
+from amr.audio import frontend as audio
 from amr.datasets import load_dataset
 from amr.audio.weights import load_audio_model, resolve_weights
 torch.set_num_threads(int(sys.argv[2]))
