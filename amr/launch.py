@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from amr.results import SERVER_ENV
 
 
-@dataclass
-class ClientQuery:
-    """What `amr query --server` was asked to do."""
+class ClientQuery(NamedTuple):
+    """What `amr query --server` was asked to do (a NamedTuple: importing dataclasses would cost this
+    process a tenth of its start-up)."""
 
     server: str
-    texts: list[str] = field(default_factory=list)
-    audio: list[Path] = field(default_factory=list)
+    texts: list[str]
+    audio: list[Path]
     top: int = 10
     fmt: str | None = None
     explain: bool = False

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from enum import StrEnum
 from itertools import count
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,8 +28,12 @@ class Format(StrEnum):
     table = "table"
 
 
-@dataclass(frozen=True)
-class QueryInput:
+# The records are NamedTuples, not dataclasses: the client of a running server
+# (amr.launch) imports this module, and dataclasses' import (with inspect) is a
+# tenth of that process's start-up.
+
+
+class QueryInput(NamedTuple):
     """One query: a text, or (``example`` set) a clip to find similar clips to."""
 
     id: str
@@ -38,8 +41,7 @@ class QueryInput:
     example: Path | None = None
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     """One ranked item for one query; ``record()`` is its jsonl form."""
 
     query: str
@@ -55,15 +57,14 @@ class Result:
     tags: list[tuple[str, float]] | None = None  # the clip's machine tags, with --explain
 
     def record(self) -> dict[str, Any]:
-        record = asdict(self)
+        record = self._asdict()
         for optional in ("explain", "tags"):
             if record[optional] is None:
                 del record[optional]
         return record
 
 
-@dataclass
-class Failure:
+class Failure(NamedTuple):
     """A query that produced no results, and why."""
 
     query: str

@@ -136,9 +136,8 @@ class Library:
             if len(kept) >= wanted or top >= self.index.live_items:
                 break
             top *= 2
-        for rank, result in enumerate(kept, start=1):
-            result.rank = rank
-        return kept[offset:wanted], len(passing)
+        ranked = [result._replace(rank=rank) for rank, result in enumerate(kept, start=1)]
+        return ranked[offset:wanted], len(passing)
 
     def _unranked(self, rank: int, number: int) -> Result:
         item = self.index.item(number)
