@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import pytest
 
 from amr.errors import AmrError
+from amr.results import QueryInput
 from amr.server.client import Client, Connection
 
 INFO = json.dumps({"parts": ["audio"], "page_limit": 100}).encode()
@@ -108,5 +109,19 @@ def test_an_answer_with_connection_close_is_read_whole_and_the_next_request_reco
 )
 def test_a_server_that_is_not_amr_is_one_line(answer: bytes, expected: str) -> None:
     with scripted([answer]) as (port, _), pytest.raises(AmrError) as refused:
-        Client(f"127.0.0.1:{port}")
+        Client(f"127.0.0.1:{port}").parts  # noqa: B018
     assert expected in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_json_answer_without_the_fields_of_amr_is_one_line() -> None:
+    with scripted([sized(b'{"status": "ok"}')]) as (port, _), pytest.raises(AmrError) as refused:
+        list(Client(f"127.0.0.1:{port}").run_queries([QueryInput("1", "dog")]))
+    assert str(refused.value).endswith("answered /api/search/batch without answers: not an amr server?")
+
+
+def test_a_text_query_is_one_round_trip() -> None:
+    """The index's parts and page size are asked only for --explain and example clips."""
+    record = {"rank": 1, "score": 0.5, "id": "a", "audio": "a.wav", "metadata": {}, "start": 0.0, "end": 1.0, "explain": {}, "tags": []}
+    with scripted([sized(json.dumps({"answers": [{"results": [record]}]}).encode())]) as (port, seen):
+        found = list(Client(f"http://127.0.0.1:{port}").run_queries([QueryInput("1", "dog")], top=1))
+    assert seen == ["POST /api/search/batch HTTP/1.1"] and [r.id for r in found] == ["a"]

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ TIMEOUT = 600  # seconds: a query by example of a long clip takes a while
 
 
 class Client:
-    """A connection to the server at ``url``; its index's parts (``parts``) and page size are asked at once."""
+    """A connection to the server at ``url``. Its index's parts (``parts``) and page size are asked
+    when first needed (for --explain and example clips): a text query is one round trip."""
 
     def __init__(self, url: str):
         split = urlsplit(url if "://" in url else f"http://{url}")
@@ -46,9 +48,18 @@ class Client:
         self.url = url
         self.prefix = split.path.rstrip("/")
         self.connection = Connection(split.hostname, port or (443 if split.scheme == "https" else 80), tls=split.scheme == "https")
-        info = self._request("GET", "/api/info")
-        self.parts: list[str] = info["parts"]
-        self.page_limit: int = info["page_limit"]
+
+    @cached_property
+    def _info(self) -> dict[str, Any]:
+        return self._request("GET", "/api/info", expect=("parts", "page_limit"))
+
+    @property
+    def parts(self) -> list[str]:
+        return self._info["parts"]
+
+    @property
+    def page_limit(self) -> int:
+        return self._info["page_limit"]
 
     def run_queries(
         self,
@@ -94,7 +105,7 @@ class Client:
 
     def _batch(self, texts: list[str], top: int, exact: bool, all_segments: bool) -> list[dict[str, Any]]:
         body = json.dumps({"queries": texts, "top": top, "exact": exact, "all_segments": all_segments}).encode()
-        return self._request("POST", "/api/search/batch", body, {"Content-Type": "application/json"})["answers"]
+        return self._request("POST", "/api/search/batch", body, {"Content-Type": "application/json"}, expect=("answers",))["answers"]
 
     def _example(self, clip: Path, top: int) -> dict[str, Any]:
         """The results for an example clip, uploaded (page by page past the server's page size)."""
@@ -116,9 +127,12 @@ class Client:
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{clip.name}"\r\n\r\n'.encode()
         body = head + data + f"\r\n--{boundary}--\r\n".encode()
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        return self._request("POST", "/api/search/audio?" + urlencode(page), body, headers)
+        return self._request("POST", "/api/search/audio?" + urlencode(page), body, headers, expect=("results",))
 
-    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, expect: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """The JSON object the server answers, holding the fields ``expect`` names."""
         try:
             status, payload = self.connection.request(method, self.prefix + path, body, headers or {})
         except (OSError, ValueError) as e:
@@ -134,6 +148,8 @@ class Client:
             raise _Refused(str(detail))
         if status != 200:
             raise AmrError(f"{self.url}: HTTP {status}: {detail or payload[:200]!r}")
+        if not isinstance(answer, dict) or any(name not in answer for name in expect):
+            raise AmrError(f"{self.url}: answered {path.split('?')[0]} without {', '.join(expect)}: not an amr server?")
         return answer
 
 
