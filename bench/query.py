@@ -306,6 +306,9 @@ class GivenVectors:
         self.vectors = vectors
         self.fingerprint, self.fusion, self.parts, self.spec = retriever.fingerprint, retriever.fusion, retriever.parts, retriever.spec
 
+    def query_side(self) -> None:
+        return None  # its queries are encoded by itself: no query encoder
+
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.vectors[[int(t[1:]) for t in texts]]
 

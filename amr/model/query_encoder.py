@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from amr.index.reader import Index
+    from amr.model.retrievers import Retriever
     from amr.model.text import TextEncoder
 
 FORMAT = "amr-query-encoder"
@@ -65,20 +66,20 @@ def refresh_hint(path: Path) -> str:
 # --- writing (at `amr index`: torch, transformers and onnx) ---------------------------------
 
 
-def export_query_encoder(retriever: Any, index_path: Path) -> dict[str, Any]:
+def export_query_encoder(retriever: Retriever, index_path: Path) -> dict[str, Any]:
     """Write the query side of ``retriever`` beside the index at ``index_path``
     in a new folder, and return its manifest record; {} for a kind of model
     that has none (its queries are then encoded by the model itself).
 
-    A retriever that has one offers ``query_side()``: its text encoder, the
-    pooling, and the function from pooled embeddings to query vectors that
-    its ``encode_queries`` applies."""
+    What is exported is the retriever's ``query_side()`` (amr.model.retrievers):
+    its text encoder, the pooling, and the function from pooled embeddings to
+    query vectors that its ``encode_queries`` applies."""
     from amr.index.format import query_folder
 
-    side = getattr(retriever, "query_side", None)
+    side = retriever.query_side()
     if side is None:
         return {}
-    text, pooling, vectors = side()
+    text, pooling, vectors = side
     if getattr(text.tokenizer, "backend_tokenizer", None) is None:
         return {}  # a "slow" Python tokenizer: nothing tokenizers can run
     token = secrets.token_hex(4)

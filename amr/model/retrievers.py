@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the retrievers' own modules import torch; this one does not
     import torch
 
     from amr.cache import EmbeddingCache, Segment
+    from amr.model.text import TextEncoder
 
 
 class Retriever(Protocol):
@@ -75,6 +76,12 @@ class Retriever(Protocol):
     def encode_examples(self, sequences: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
         """(q, dim) float32 from clips' frame sequences and (q, 527) tag probabilities:
         each clip's audio vector in the audio part, zeros elsewhere."""
+        ...
+
+    def query_side(self) -> tuple[TextEncoder, str, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """What `encode_queries` is made of, for the query encoder (amr.model.query_encoder) to
+        export: the text encoder, its pooling and the function from pooled embeddings to query
+        vectors; None for a model whose queries only it can encode (there is then no query encoder)."""
         ...
 
 

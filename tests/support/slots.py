@@ -44,6 +44,9 @@ class SlotRetriever:
     def encode_examples(self, sequences: list[np.ndarray], tags) -> np.ndarray:
         return np.stack([s.mean(0) for s in sequences])
 
+    def query_side(self) -> None:
+        return None  # its queries are encoded by itself: no query encoder
+
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), SLOTS), np.float32)
         for q, text in enumerate(texts):

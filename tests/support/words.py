@@ -81,6 +81,9 @@ class WordsRetriever:
         sequence, text = cache.sequence(index), self.metadata(cache, index, auto_tags)
         return np.stack([self.item(sequence[s.start : s.end], text) for s in segments])
 
+    def query_side(self) -> None:
+        return None  # its queries are encoded by itself: no query encoder
+
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         q = np.stack([words(t) for t in texts])
         return np.concatenate([q, q], axis=1)
