@@ -237,6 +237,7 @@ class SyntheticRetriever:
         self.kind, self.fusion, self.fingerprint = retriever.kind, retriever.fusion, retriever.fingerprint
         self.configuration, self.parts, self.spec, self.audio = retriever.configuration, retriever.parts, retriever.spec, retriever.audio
         self.synthetic, self.offset = synthetic, offset
+        self.query_side = retriever.query_side  # the model's own query encoder, should the index lack one
 
     def encode_items(self, cache, indices, auto_tags: int = 0) -> np.ndarray:
         indices = list(indices)
@@ -305,9 +306,6 @@ class GivenVectors:
     def __init__(self, retriever, vectors: np.ndarray):
         self.vectors = vectors
         self.fingerprint, self.fusion, self.parts, self.spec = retriever.fingerprint, retriever.fusion, retriever.parts, retriever.spec
-
-    def query_side(self) -> None:
-        return None  # its queries are encoded by itself: no query encoder
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.vectors[[int(t[1:]) for t in texts]]
