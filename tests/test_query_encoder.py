@@ -265,6 +265,23 @@ def test_importing_the_cli_imports_nothing_heavy() -> None:
     assert done.stdout.strip() == ""
 
 
+@pytest.mark.parametrize("args", [["query", "--help"], ["query", "--top", "0", "dog"], ["index", "--help"]])
+def test_a_command_help_or_usage_error_imports_nothing_heavy(args: list[str]) -> None:
+    """Parsing a command's options imports no validation layer either (typer 0.29's pydantic cost
+    every command 0.1-0.2 s): nothing heavy, but rich, in which typer writes help and errors."""
+    code = f"""import sys
+sys.argv = ["amr", *{args!r}]
+from amr.cli import main
+try:
+    main()
+finally:
+    sys.stderr.write("loaded: " + " ".join(m for m in {(*(m for m in HEAVY if m != "rich"), "pydantic")!r} if m in sys.modules) + "\\n")
+"""
+    done = python(code)
+    assert done.returncode in (0, 2), done.stderr
+    assert done.stderr.splitlines()[-1] == "loaded: "
+
+
 def test_a_text_query_never_imports_torch_and_threads_are_set_before_numpy_loads(sounds_index: Path) -> None:
     """Nor FAISS, on an exact index (amr.index.ann imports it for an approximate one). numpy's import
     is watched: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS must hold --threads by then."""

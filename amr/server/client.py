@@ -166,7 +166,7 @@ class Connection:
         """The status and body of the answer to one request. A ValueError: the answer is not HTTP."""
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body or b'')}"]
         message = "\r\n".join(lines + [f"{k}: {v}" for k, v in headers.items()]).encode() + b"\r\n\r\n" + (body or b"")
-        reused = self.stream is not None
+        reused = self.socket is not None
         try:
             return self._exchange(message)
         except ConnectionError:
@@ -176,16 +176,7 @@ class Connection:
             return self._exchange(message)
 
     def _exchange(self, message: bytes) -> tuple[int, bytes]:
-        if self.stream is None:
-            raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
-            if self.tls:
-                import ssl  # only for https: its import is a third of http.client's
-
-                raw = ssl.create_default_context().wrap_socket(raw, server_hostname=self.host)
-            self.stream = raw.makefile("rb")
-            self.socket = raw
-        assert self.socket is not None
-        self.socket.sendall(message)
+        self._opened().sendall(message)
         status_line = self.stream.readline()
         if not status_line:
             raise ConnectionError("the server closed the connection")
@@ -205,6 +196,17 @@ class Connection:
         if fields.get("connection", "").lower() == "close":
             self.close()
         return int(rest[:3]), body
+
+    def _opened(self) -> socket.socket:
+        """The connection's socket, connected now if it is not (its reader in ``stream``)."""
+        if self.socket is None:
+            raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self.tls:
+                import ssl  # only for https: its import is a third of http.client's
+
+                raw = ssl.create_default_context().wrap_socket(raw, server_hostname=self.host)
+            self.socket, self.stream = raw, raw.makefile("rb")
+        return self.socket
 
     def _chunk(self) -> bytes:
         size = int(self.stream.readline().split(b";")[0], 16)
