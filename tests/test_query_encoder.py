@@ -342,11 +342,12 @@ def test_stdin_lines_and_failures_through_a_server_as_locally(server: str, sound
     assert "the query has no words" in remote.stderr
 
 
-def test_an_unreachable_server_is_one_line() -> None:
+@pytest.mark.parametrize(("args", "stdin"), [(["dog"], ""), (["-"], ""), (["-"], "!!!\n")])  # nothing to send: still checked
+def test_an_unreachable_server_is_one_line(args: list[str], stdin: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
-    done = runner.invoke(app, ["query", "dog", "--server", f"http://127.0.0.1:{port}"])
+    done = runner.invoke(app, ["query", *args, "--server", f"http://127.0.0.1:{port}"], input=stdin)
     assert done.exit_code == 1 and done.stdout == ""
     assert done.stderr.startswith("error: ") and "cannot reach an amr server" in done.stderr and len(done.stderr.splitlines()) == 1
 

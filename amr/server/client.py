@@ -47,6 +47,7 @@ class Client:
             raise AmrError(f"--server {url}: not an http://HOST:PORT address of an `amr serve`")
         self.url = url
         self.prefix = split.path.rstrip("/")
+        self.answered = False  # whether the server has answered a request yet
         self.connection = Connection(split.hostname, port or (443 if split.scheme == "https" else 80), tls=split.scheme == "https")
 
     @cached_property
@@ -102,6 +103,8 @@ class Client:
                         explain=r["explain"] if explain_scores else None,
                         tags=[(name, p) for name, p in r["tags"]] if explain_scores else None,
                     )
+        if not self.answered:
+            self._info  # noqa: B018  (no query reached the server: whether it is there is still an error or not)
 
     def _batch(self, texts: list[str], top: int, exact: bool, all_segments: bool) -> list[dict[str, Any]]:
         body = json.dumps({"queries": texts, "top": top, "exact": exact, "all_segments": all_segments}).encode()
@@ -143,6 +146,7 @@ class Client:
             answer = json.loads(payload)
         except ValueError:
             raise AmrError(f"{self.url}: answered HTTP {status}, not with JSON: not an amr server?") from None
+        self.answered = True
         detail = answer.get("detail") if isinstance(answer, dict) else None
         if status in (400, 413):  # this query: another one may run
             raise _Refused(str(detail))
